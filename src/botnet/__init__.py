@@ -1,0 +1,42 @@
+"""botnet: Bottleneck Transformers (Srinivas et al. 2021) for PyTorch.
+
+Paper-exact BoT blocks and models, 2D relative position logits that work at
+any input size, and tools to train, inspect and deploy them.
+"""
+
+from .layers import (
+    AbsolutePosition2d,
+    BoTBlock,
+    Bottleneck,
+    BottleStack,
+    MHSA2d,
+    RelativePosition2d,
+    SqueezeExcite,
+    resize_table,
+    self_attention,
+)
+from .models import BoTNet, ModelSpec, StageSpec, build_model, create_model, list_models, register_model
+from .weights import LoadReport, load_resnet_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbsolutePosition2d",
+    "BoTBlock",
+    "BoTNet",
+    "Bottleneck",
+    "BottleStack",
+    "LoadReport",
+    "MHSA2d",
+    "ModelSpec",
+    "RelativePosition2d",
+    "SqueezeExcite",
+    "StageSpec",
+    "build_model",
+    "create_model",
+    "list_models",
+    "load_resnet_weights",
+    "register_model",
+    "resize_table",
+    "self_attention",
+]

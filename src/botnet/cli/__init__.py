@@ -1,0 +1,53 @@
+"""The ``botnet`` command: a thin layer over the library.
+
+Each subcommand lives in its own module of this package and exposes
+``register(subparsers)``; modules are discovered, so adding a command means
+adding a file. Heavy imports stay inside each command's ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+__all__ = ["main", "build_parser", "CommandError"]
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="botnet", description="Bottleneck Transformers (BoTNet): build, inspect, train and use."
+    )
+    parser.add_argument("--version", action="version", version=f"botnet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (CommandError, ValueError, FileNotFoundError) as err:
+        print(f"botnet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"botnet {args.command}: interrupted", file=sys.stderr)
+        return 130

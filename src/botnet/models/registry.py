@@ -1,0 +1,122 @@
+"""Named architectures and ``create_model`` / ``list_models``."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Any
+
+from .network import BoTNet, build_model
+from .spec import ModelSpec, StageSpec
+
+__all__ = ["register_model", "create_model", "list_models", "get_model_spec"]
+
+_MODEL_SPECS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, spec: ModelSpec) -> ModelSpec:
+    """Add an architecture under ``name`` (ValueError if the name is taken)."""
+    if name in _MODEL_SPECS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODEL_SPECS[name] = spec
+    return spec
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    return sorted(n for n in _MODEL_SPECS if fnmatch.fnmatch(n, pattern))
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registered spec for ``name``; a ValueError suggests close names."""
+    try:
+        return _MODEL_SPECS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _MODEL_SPECS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (available: {', '.join(list_models())})") from None
+
+
+def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, **overrides: Any) -> BoTNet:
+    """Build a registered model.
+
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: classifier outputs (0: no classifier, features only).
+        in_chans: input channels.
+        **overrides: any :class:`ModelSpec` field, e.g. ``pos_emb="absolute"``,
+            ``act="silu"``, ``heads=8``, ``ref_img_size=256``.
+
+    Example:
+        >>> model = create_model("botnet50", num_classes=10)
+        >>> model(torch.randn(2, 3, 224, 224)).shape
+        torch.Size([2, 10])
+    """
+    if overrides.pop("pretrained", False):
+        raise ValueError(
+            "no pretrained BoTNet weights are published; start from ResNet weights with "
+            "botnet.load_resnet_weights(model, path) instead"
+        )
+    spec = get_model_spec(name).with_overrides(num_classes=num_classes, in_chans=in_chans, **overrides)
+    return build_model(spec, name=name)
+
+
+def _resnet50_stages(c5_attention: int) -> tuple[StageSpec, StageSpec, StageSpec, StageSpec]:
+    return (
+        StageSpec(3, 64, 1),
+        StageSpec(4, 128, 2),
+        StageSpec(6, 256, 2),
+        StageSpec(3, 512, 2, attention=c5_attention),
+    )
+
+
+def _s1_stages(c4_depth: int, c5_depth: int) -> tuple[StageSpec, StageSpec, StageSpec, StageSpec]:
+    # S1: c5 keeps stride 1 (output stride 16) and every c5 block attends.
+    return (
+        StageSpec(3, 64, 1),
+        StageSpec(4, 128, 2),
+        StageSpec(c4_depth, 256, 2),
+        StageSpec(c5_depth, 512, 1, attention=c5_depth),
+    )
+
+
+register_model("resnet50", ModelSpec(_resnet50_stages(0), description="torchvision's ResNet-50 (v1.5)"))
+register_model("botnet50", ModelSpec(_resnet50_stages(3), description="BoT50: ResNet-50 with c5 as BoT blocks"))
+
+_S1 = dict(act="silu", se_ratio=0.0625)
+register_model("botnet_s1_59", ModelSpec(_s1_stages(6, 6), **_S1, description="BoTNet-S1-59 [3,4,6,6]"))
+register_model("botnet_s1_77", ModelSpec(_s1_stages(6, 12), **_S1, description="BoTNet-S1-77 [3,4,6,12]"))
+register_model("botnet_s1_110", ModelSpec(_s1_stages(23, 6), **_S1, description="BoTNet-S1-110 [3,4,23,6]"))
+register_model("botnet_s1_128", ModelSpec(_s1_stages(23, 12), **_S1, description="BoTNet-S1-128 [3,4,23,12]"))
+
+
+def _small_stages(
+    depths: tuple[int, int, int, int], planes: tuple[int, int, int, int], c5_attention: int
+) -> tuple[StageSpec, StageSpec, StageSpec, StageSpec]:
+    # Stride-1 stem and c2, then 2, 2, 2: output stride 8, so a 32 px image
+    # gives an 8x8 map for the first c5 block to attend over.
+    return (
+        StageSpec(depths[0], planes[0], 1),
+        StageSpec(depths[1], planes[1], 2),
+        StageSpec(depths[2], planes[2], 2),
+        StageSpec(depths[3], planes[3], 2, attention=min(c5_attention, depths[3])),
+    )
+
+
+_TINY = dict(stem="small", stem_width=32, ref_img_size=32)
+register_model(
+    "resnet_tiny", ModelSpec(_small_stages((1, 1, 1, 1), (16, 32, 64, 128), 0), **_TINY,
+                             description="small ResNet for 28-64 px images (CPU)")
+)
+register_model(
+    "botnet_tiny", ModelSpec(_small_stages((1, 1, 1, 1), (16, 32, 64, 128), 1), **_TINY,
+                             description="small BoTNet for 28-64 px images (CPU)")
+)
+register_model(
+    "resnet26", ModelSpec(_small_stages((2, 2, 2, 2), (32, 64, 128, 256), 0), **_TINY,
+                          description="ResNet-26 at half width, small stem, for 28-64 px images")
+)
+register_model(
+    "botnet26", ModelSpec(_small_stages((2, 2, 2, 2), (32, 64, 128, 256), 2), **_TINY,
+                          description="BoTNet-26 at half width, small stem, c5 attends")
+)

@@ -1,0 +1,85 @@
+"""Architectures as data: a model is a stem plus four stage specs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["StageSpec", "ModelSpec"]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One residual stage (torchvision's ``layerN``; the paper's c2..c5).
+
+    Attributes:
+        depth: number of bottleneck blocks.
+        planes: bottleneck width; the stage outputs ``4 * planes`` channels.
+        stride: stride of the first block (1 or 2).
+        attention: how many of the stage's last blocks are BoT blocks.
+    """
+
+    depth: int
+    planes: int
+    stride: int
+    attention: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A whole network. Every field can be overridden in ``create_model``.
+
+    Attributes:
+        stages: the four stages c2..c5.
+        stem: ``"imagenet"`` (7x7 stride-2 conv + 3x3 stride-2 max pool,
+            reduction 4) or ``"small"`` (3x3 stride-1 conv, no pool, for
+            28-64 px images).
+        stem_width: channels of the stem conv.
+        act: ``"relu"`` or ``"silu"`` for every block and the stem.
+        se_ratio: squeeze-excitation ratio on each block's output (0: none).
+        heads, dim_head: MHSA heads and channels per head (None: planes // heads).
+        pos_emb: ``"relative"``, ``"absolute"`` or ``"none"``.
+        ref_img_size: image size the position tables are made for (a
+            reference for interpolation, not a constraint on inputs).
+        zero_init_last: zero each block's last BN gamma (authors' init).
+        num_classes, in_chans, drop_rate: head and input.
+    """
+
+    stages: tuple[StageSpec, StageSpec, StageSpec, StageSpec]
+    stem: str = "imagenet"
+    stem_width: int = 64
+    act: str = "relu"
+    se_ratio: float = 0.0
+    heads: int = 4
+    dim_head: int | None = None
+    pos_emb: str = "relative"
+    ref_img_size: int | tuple[int, int] = 224
+    zero_init_last: bool = True
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_rate: float = 0.0
+    description: str = field(default="", compare=False)
+
+    def with_overrides(self, **overrides: Any) -> ModelSpec:
+        """A copy with fields replaced; unknown names raise a ValueError listing the valid ones."""
+        valid = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {unknown}; valid options: {sorted(valid)}")
+        if "stages" in overrides:
+            overrides["stages"] = tuple(
+                s if isinstance(s, StageSpec) else StageSpec(**s) for s in overrides["stages"]
+            )
+        return replace(self, **overrides)
+
+    @property
+    def uses_attention(self) -> bool:
+        return any(stage.attention for stage in self.stages)
+
+    @property
+    def total_stride(self) -> int:
+        """Input pixels per c5 position along each side."""
+        stride = 4 if self.stem == "imagenet" else 1
+        for stage in self.stages:
+            stride *= stage.stride
+        return stride

@@ -1,0 +1,114 @@
+"""Start a BoTNet from ResNet weights (torchvision or timm layout)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .layers.blocks import BoTBlock
+
+__all__ = ["LoadReport", "load_resnet_weights", "read_state_dict"]
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_resnet_weights` did.
+
+    Attributes:
+        loaded: model keys filled from the source.
+        skipped: source keys not used, with the reason.
+        missing: model keys left at their initial values.
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, left {len(self.missing)} at init"
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a state dict from .safetensors or a torch file, never unpickling code.
+
+    Accepts a bare state dict or one wrapped under ``state_dict``, ``model``
+    or ``model_state`` (common checkpoint layouts), and strips a DDP
+    ``module.`` prefix.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no weights file at {path!r}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # the unpickler's message is long; name the cause
+            raise ValueError(
+                f"cannot read {path!r} as a plain tensor checkpoint (weights_only=True refuses pickled "
+                f"code and objects): {str(err).splitlines()[0]}"
+            ) from None
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path!r} does not hold a state dict (found {type(state).__name__})")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
+
+
+def load_resnet_weights(
+    model: nn.Module,
+    source: str | os.PathLike[str] | Mapping[str, Tensor],
+    *,
+    include_classifier: bool = False,
+    verbose: bool = False,
+) -> LoadReport:
+    """Initialise a BoTNet's convolutional parts from a ResNet state dict.
+
+    The usual ImageNet start for BoT50: stem and c2-c4 (and c5's shortcut
+    and 1x1 convs where they are not inside an attention block) from a
+    torchvision or timm ``resnet50``, whose parameter names match ours.
+    Every tensor of a BoT block stays at its initial value: its BN after
+    attention normalises a different signal than the ResNet's 3x3 conv.
+
+    Args:
+        model: a model from :func:`botnet.create_model`.
+        source: a state dict, or a path to .pth/.pt/.safetensors.
+        include_classifier: also copy ``fc`` when its shape matches.
+        verbose: print the report summary.
+
+    Returns:
+        A :class:`LoadReport`.
+    """
+    state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    attention_prefixes = tuple(
+        f"{name}." for name, module in model.named_modules() if isinstance(module, BoTBlock)
+    )
+    target = model.state_dict()
+    report = LoadReport()
+    to_load: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key not in target:
+            report.skipped[key] = "not in model"
+        elif key.startswith(attention_prefixes):
+            report.skipped[key] = "inside an attention (BoT) block"
+        elif key.startswith("fc.") and not include_classifier:
+            report.skipped[key] = "classifier (include_classifier=False)"
+        elif target[key].shape != value.shape:
+            report.skipped[key] = f"shape {tuple(value.shape)} != model's {tuple(target[key].shape)}"
+        else:
+            to_load[key] = value
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    report.missing = sorted(set(target) - set(to_load))
+    if verbose:
+        print(report.summary())
+    return report
