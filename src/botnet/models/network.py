@@ -44,16 +44,17 @@ class BoTNet(nn.Module):
         self.num_classes = spec.num_classes
         act_layer = ACT_LAYERS[spec.act]
 
-        if spec.stem == "imagenet":
-            self.conv1 = nn.Conv2d(spec.in_chans, spec.stem_width, kernel_size=7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-            reduction = 4
-        else:
-            self.conv1 = nn.Conv2d(spec.in_chans, spec.stem_width, kernel_size=3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
-            reduction = 1
+        # Children are registered in forward order: torchvision's
+        # IntermediateLayerGetter and timm's feature wrappers run them so.
+        imagenet_stem = spec.stem == "imagenet"
+        self.conv1 = nn.Conv2d(
+            spec.in_chans, spec.stem_width, kernel_size=7 if imagenet_stem else 3,
+            stride=2 if imagenet_stem else 1, padding=3 if imagenet_stem else 1, bias=False,
+        )
         self.bn1 = nn.BatchNorm2d(spec.stem_width)
         self.act = act_layer(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if imagenet_stem else nn.Identity()
+        reduction = 4 if imagenet_stem else 1
 
         ref = spec.ref_img_size
         ref_size = _ceil_div((ref, ref) if isinstance(ref, int) else tuple(ref), reduction)
