@@ -77,10 +77,13 @@ class MHSA2d(nn.Module):
         check_feature_map(x, self.dim, what=f"{type(self).__name__} input")
         batch, _, height, width = x.shape
         q, k, v = self.project(x)
+        # Logits and softmax in at least float32 (half-precision logits
+        # overflow at 65504); float64 stays float64.
+        logit_dtype = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q32 = q.float()
-            bias_h, bias_w = self.position_logits(q32, height, width)
-            out = attention_math(q32, k.float(), v, bias_h, bias_w)
+            q = q.to(logit_dtype)
+            bias_h, bias_w = self.position_logits(q, height, width)
+            out = attention_math(q, k.to(logit_dtype), v, bias_h, bias_w)
         # (B, heads, N, d) -> (B, heads * d, H, W): heads concatenated on channels.
         return out.transpose(-2, -1).reshape(batch, self.out_channels, height, width)
 
