@@ -99,8 +99,13 @@ class AttentionRecord:
 
 
 def attention_layers(model: nn.Module) -> list[tuple[str, MHSA2d]]:
-    """(qualified name, layer) of every MHSA2d in ``model``, in registration (forward) order."""
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, MHSA2d)]
+    """(qualified name, layer) of every MHSA2d in ``model``, in registration (forward) order.
+
+    A bare MHSA2d passed as ``model`` is named ``"MHSA2d"``.
+    """
+    return [
+        (name or type(module).__name__, module) for name, module in model.named_modules() if isinstance(module, MHSA2d)
+    ]
 
 
 def _describe(layers: list[tuple[str, MHSA2d]]) -> str:
@@ -142,9 +147,9 @@ def select_attention_layers(
         else:
             matches = [i for i, (name, _) in enumerate(found) if name == selector or name.startswith(selector + ".")]
             if len(matches) != 1:
-                problem = "matches no" if not matches else f"matches {len(matches)}"
+                problem = "matches no attention layer" if not matches else f"matches {len(matches)} attention layers"
                 raise ValueError(
-                    f"layer {selector!r} {problem} attention layer; choose one of {_describe(found)} "
+                    f"layer {selector!r} {problem}; choose one of {_describe(found)} "
                     "(by index or name)"
                 )
             index = matches[0]
