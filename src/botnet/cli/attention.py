@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--img-size", nargs="+", type=int, metavar="SIZE",
                         help="model input size: H W, or one number for the shorter side (aspect kept). "
                         "Default: the checkpoint's training size, else the model's reference size as shorter side")
-    parser.add_argument("--out", default="attention.png", help="attention-map figure (default attention.png)")
+    parser.add_argument("--out", default="attention.png",
+                        help="attention-map figure (default attention.png; .png gets a 256-colour palette, "
+                        "other matplotlib formats such as .pdf or .svg are written as they are)")
     parser.add_argument("--positions-out", help="position-logit figure (default: OUT with _positions added)")
     parser.add_argument("--smooth", action="store_true", help="bilinear upsampling instead of one block per token")
     parser.add_argument("--dpi", type=int, default=100)
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..visualize import attention_layers, record_attention, select_attention_layers
-    from ..visualize.figures import attention_figure, position_figure, position_share
+    from ..visualize.figures import attention_figure, position_figure, position_share, save_figure
     from ..visualize.images import IMAGENET_MEAN, IMAGENET_STD, load_image, resized_size, to_model_input
 
     console = Console(width=None if Console().is_terminal else 120)
@@ -162,9 +164,9 @@ def run(args: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     # The attention figure is drawn over the image the model saw, stretched to the original's coordinates.
     fig = attention_figure(shown, record, tokens, query_labels=labels, title=title, smooth=args.smooth)
-    fig.savefig(out, dpi=args.dpi)
+    save_figure(fig, out, dpi=args.dpi)
     fig = position_figure(record, tokens[0], query_label=f"query 1 ({queries[0][1]})", title=title)
-    fig.savefig(positions_out, dpi=args.dpi)
+    save_figure(fig, positions_out, dpi=args.dpi)
 
     table = Table(title=f"{layer_name}: {record.size[0]}x{record.size[1]} tokens ({source})")
     for column in ("query", "token (x, y)", "head", "peak weight x N", "attended tokens", "position share"):
