@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     record = records[layer_name]
 
     if queries_px:
-        queries = [(_to_token(x, y, image_hw, record.size), f"({x:g}, {y:g})") for x, y in queries_px]
+        queries = [(_to_token(x, y, image_hw, record.size), f"x={x:g}, y={y:g}") for x, y in queries_px]
     else:
         queries = _default_queries(record)
     tokens = [token for token, _ in queries]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .record import AttentionRecord
 
@@ -218,6 +219,8 @@ def position_figure(
                                   interpolation="nearest")
                 if centre is not None:
                     ax.plot(*centre, marker="+", markersize=10, color="black", markeredgewidth=1.5)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
                 ax.tick_params(labelsize=7)
             else:
                 if kind == "logits":
