@@ -259,3 +259,9 @@ def test_cli_errors(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("botnet attention: error:") and "Traceback" not in err
     assert re.search(message, err), err
+
+
+def test_cli_list_layers(capsys):
+    assert main(["attention", "--model", "botnet26", "--list-layers"]) == 0
+    printed = capsys.readouterr().out
+    assert "layer4.0.attn" in printed and "layer4.1.attn" in printed and "relative" in printed

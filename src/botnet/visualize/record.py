@@ -129,7 +129,7 @@ def select_attention_layers(
     """
     found = attention_layers(model)
     if not found:
-        raise ValueError(f"{type(model).__name__} has no attention (MHSA2d) layers to record")
+        raise ValueError(f"{getattr(model, 'name', type(model).__name__)} has no attention (MHSA2d) layers to record")
     if layers is None:
         return [(i, name, layer) for i, (name, layer) in enumerate(found)]
     selectors = [layers] if isinstance(layers, (int, str)) else list(layers)
