@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     positions_out = Path(args.positions_out) if args.positions_out else out.with_name(f"{out.stem}_positions{out.suffix}")
     for path in (out, positions_out):
         path.parent.mkdir(parents=True, exist_ok=True)
-    # The attention figure is drawn over the image the model saw, stretched to the original's coordinates.
+    # Drawn over the resized image the model saw; labels keep the original image coordinates.
     fig = attention_figure(shown, record, tokens, query_labels=labels, title=title, smooth=args.smooth)
     save_figure(fig, out, dpi=args.dpi)
     fig = position_figure(record, tokens[0], query_label=f"query 1 ({queries[0][1]})", title=title)
