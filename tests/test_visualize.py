@@ -91,8 +91,8 @@ def _brute_force(layer: MHSA2d, x: torch.Tensor):
     _, _, height, width = x.shape
     q, k, _ = layer.project(x)
     heads, n = q.shape[1], height * width
-    content = torch.zeros(heads, n, n)
-    position = torch.zeros(heads, n, n)
+    content = torch.zeros(heads, n, n, dtype=q.dtype)
+    position = torch.zeros(heads, n, n, dtype=q.dtype)
     for i in range(n):
         yi, xi = divmod(i, width)
         for j in range(n):
@@ -110,15 +110,16 @@ def _brute_force(layer: MHSA2d, x: torch.Tensor):
 def test_record_matches_the_formula(pos_emb):
     torch.manual_seed(1)
     height, width = 3, 5
-    layer = MHSA2d(8, heads=2, dim_head=4, pos_emb=pos_emb, ref_size=(height, width)).eval()
-    x = torch.randn(1, 8, height, width) * 2
+    layer = MHSA2d(8, heads=2, dim_head=4, pos_emb=pos_emb, ref_size=(height, width)).double().eval()
+    x = torch.randn(1, 8, height, width, dtype=torch.float64) * 2
     with torch.no_grad(), record_attention(layer) as records:
         layer(x)
         q, content, position = _brute_force(layer, x)
     record = records["MHSA2d"]
-    torch.testing.assert_close(record.content_logits[0], content, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(record.position_logits[0], position, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(record.weights[0], (content + position).softmax(-1), rtol=1e-5, atol=1e-6)
+    assert record.weights.dtype == torch.float64  # a float64 model is recorded in float64
+    torch.testing.assert_close(record.content_logits[0], content)
+    torch.testing.assert_close(record.position_logits[0], position)
+    torch.testing.assert_close(record.weights[0], (content + position).softmax(-1))
     # The position "table" picture is the position logit of the mean query.
     q_mean = q[0].mean(1)  # (heads, d)
     table = record.position_table_logits[0]
@@ -130,7 +131,7 @@ def test_record_matches_the_formula(pos_emb):
                 torch.testing.assert_close(table[:, dy + height - 1, dx + width - 1], q_mean @ r)
     else:
         assert table.shape == (2, height, width)
-        torch.testing.assert_close(table, position.mean(1).reshape(2, height, width), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(table, position.mean(1).reshape(2, height, width))
     # query_map is row i of the weights laid out on the feature map
     torch.testing.assert_close(record.query_map(1, 3)[0].flatten(1), record.weights[0, :, 1 * width + 3])
 

@@ -72,7 +72,8 @@ def main() -> None:
     for col, (name, (y, x)) in enumerate(QUERIES.items(), start=1):
         for row, (values, vmax, what) in enumerate(
             ((conv_images[col - 1], kernel.max(), "3x3 convolution at '{}':\nfixed weights, same at every pixel"),
-             (attn_images[col - 1], attn_images[col - 1].max(), "self-attention at '{}': softmax(x_q . x_k)\nweights built from the input"))
+             (attn_images[col - 1], attn_images[col - 1].max(),
+              "self-attention at '{}': softmax(x_q . x_k)\nweights built from the input"))
         ):
             ax = axes[row, col]
             ax.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")

@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     for x, y in queries_px:
         if not (0 <= x < image_hw[1] and 0 <= y < image_hw[0]):
             raise CommandError(
-                f"query (x={x:g}, y={y:g}) is outside the image, which is {image_hw[1]} px wide and {image_hw[0]} px high"
+                f"query (x={x:g}, y={y:g}) is outside the image, which is {image_hw[1]} px wide "
+                f"and {image_hw[0]} px high"
             )
     if args.img_size:
         size = resized_size(*image_hw, args.img_size)
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     title += f"; input {size[1]}x{size[0]} px"
 
     out = Path(args.out)
-    positions_out = Path(args.positions_out) if args.positions_out else out.with_name(f"{out.stem}_positions{out.suffix}")
+    positions_out = Path(args.positions_out or out.with_name(f"{out.stem}_positions{out.suffix}"))
     for path in (out, positions_out):
         path.parent.mkdir(parents=True, exist_ok=True)
     # Drawn over the resized image the model saw; labels keep the original image coordinates.

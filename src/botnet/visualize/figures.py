@@ -47,7 +47,8 @@ def _token_centre(record: AttentionRecord, token: tuple[int, int], image_hw: tup
 
 
 def _mark(ax, x: float, y: float, label: str | None = None, size: float = 9) -> None:
-    ax.plot([x], [y], marker="o", markersize=size, markerfacecolor="white", markeredgecolor="black", markeredgewidth=1.5)
+    ax.plot([x], [y], marker="o", markersize=size, markerfacecolor="white", markeredgecolor="black",
+            markeredgewidth=1.5)
     if label:
         ax.annotate(
             label, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9, fontweight="bold", color="white",
@@ -100,7 +101,7 @@ def attention_figure(
     height, width = record.size
     n = height * width
     image_hw = image.shape[:2]
-    labels = list(query_labels) if query_labels else [f"query {k + 1} (x={x}, y={y})" for k, (y, x) in enumerate(queries)]
+    labels = list(query_labels or (f"query {k + 1} (x={x}, y={y})" for k, (y, x) in enumerate(queries)))
     maps = [record.query_map(y, x)[batch].cpu().numpy() * n for y, x in queries]  # each (heads, H, W)
     # One scale for the figure, from the smallest to the largest shown weight:
     # near-uniform maps (an untrained model) still show their structure, and
@@ -187,8 +188,10 @@ def position_figure(
     rows: list[tuple[str, np.ndarray, str, str]] = []  # (row label, (heads, h, w) values, kind, colour label)
     table = record.position_table_logits
     if table is not None:
-        what = "relative position logits\nof the mean query\nx: dx, y: dy (key - query)" if record.pos_emb == "relative" \
-            else "absolute position logits\nof the mean query\n(over key positions)"
+        if record.pos_emb == "relative":
+            what = "relative position logits\nof the mean query\nx: dx, y: dy (key - query)"
+        else:
+            what = "absolute position logits\nof the mean query\n(over key positions)"
         rows.append((what, _centred(table[batch].cpu().numpy()), "table", "logit (mean removed)"))
     content = _centred(record.query_map(*query, which="content_logits")[batch].cpu().numpy())
     rows.append((f"{label}:\ncontent logits q.k", content, "logits", "logit (mean over keys removed)"))

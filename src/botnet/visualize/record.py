@@ -16,8 +16,8 @@ never returns a value, so the output is bit-for-bit the same with or without
 recording, whichever attention path (fused kernel, SDPA, chunks) the layer
 uses. The recomputation always falls back to the reference path: q, k, v come
 from the layer's ``project`` in the layer's dtype (under the caller's autocast
-state), logits and softmax are float32 with autocast disabled, as the layer's
-own forward does them.
+state), logits and softmax are float32 (float64 for a float64 model) with
+autocast disabled, as the layer's own forward does them.
 
 Memory: three (B, heads, N, N) float32 tensors per recorded layer, e.g.
 3 x 4 x 196^2 x 4 bytes = 1.8 MB for BoT50's first c5 layer at 224 px, but
@@ -42,7 +42,7 @@ LayerSelector = int | str
 
 @dataclass
 class AttentionRecord:
-    """What one :class:`MHSA2d` computed in one forward pass (all float32, detached).
+    """What one :class:`MHSA2d` computed in one forward pass (float32 or float64, detached).
 
     Attributes:
         name: the layer's qualified module name, e.g. ``"layer4.0.attn"``.
@@ -162,15 +162,17 @@ def _compute_record(layer: MHSA2d, x: Tensor, name: str, index: int) -> Attentio
     batch, _, height, width = x.shape
     n = height * width
     # q, k, v exactly as the layer projects them (the hook runs under the
-    # caller's autocast state, so in the same dtype); logits in float32.
+    # caller's autocast state, so in the same dtype); logits in float32
+    # (float64 for a float64 model), as the layer computes them.
     q, k, v = layer.project(x.detach())
+    dtype = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        q, k, v = q.float(), k.float(), v.float()
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         bias_h, bias_w = layer.position_logits(q, height, width)
         content = q @ k.transpose(-2, -1)
         position = None
         if bias_h is not None and bias_w is not None:
-            bias_h, bias_w = bias_h.float(), bias_w.float()
+            bias_h, bias_w = bias_h.to(dtype), bias_w.to(dtype)
             position = (bias_h[..., :, None] + bias_w[..., None, :]).reshape(batch, layer.heads, n, n)
         _, weights = attention_math(q, k, v, bias_h, bias_w, return_weights=True)
         table = _position_table_logits(layer, q, bias_h, bias_w, height, width)
@@ -182,7 +184,7 @@ def _compute_record(layer: MHSA2d, x: Tensor, name: str, index: int) -> Attentio
         content_logits=content,
         position_logits=position,
         position_table_logits=table,
-        input_norm=x.detach().float().norm(dim=1),
+        input_norm=x.detach().to(dtype).norm(dim=1),
         pos_emb=layer.pos_emb,
     )
 
@@ -195,7 +197,7 @@ def _position_table_logits(
     if isinstance(layer.pos, RelativePosition2d):
         # Offsets the map cannot show for a single query (e.g. dy = H - 1 is
         # only reachable from the top row) are read from the tables directly.
-        rel_h, rel_w = (t.float() for t in layer.pos.tables(height, width))
+        rel_h, rel_w = (t.to(q.dtype) for t in layer.pos.tables(height, width))
         q_mean = q.mean(dim=2)  # (B, heads, d)
         table_h = q_mean @ rel_h.t()  # (B, heads, 2H-1)
         table_w = q_mean @ rel_w.t()  # (B, heads, 2W-1)
@@ -214,8 +216,8 @@ def record_attention(
     Yields a dict, filled by each forward pass inside the ``with`` block,
     from layer name to the :class:`AttentionRecord` of the most recent call of
     that layer. The model's outputs are unchanged (the hooks only read); the
-    records come from the float32 reference path whatever attention path the
-    layer itself uses. Hooks are removed on exit, also after an exception.
+    records come from the reference path (logits in at least float32) whatever
+    attention path the layer itself uses. Hooks are removed on exit, also after an exception.
 
     Args:
         model: any module containing :class:`MHSA2d` layers (a BoTNet, a
