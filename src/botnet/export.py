@@ -208,13 +208,23 @@ def check_sizes(model: BoTNet, img_size: tuple[int, int] | None = None) -> list[
 @torch.no_grad()
 def compare_exported(
     model: BoTNet, path: PathLike, format: str, sizes: Sequence[tuple[int, int]], batch: int = CHECK_BATCH
-) -> list[tuple[tuple[int, int], float]]:
-    """Max absolute difference of the exported model's logits from ``model``'s at each size."""
+) -> list[dict[str, Any]]:
+    """Run the exported file and ``model`` on the same random inputs at each (H, W).
+
+    Returns:
+        One dict per size: ``size``, ``max_abs_diff`` (logits), ``max_abs_logit``
+        (the scale to judge the difference against).
+    """
     model = model.eval()
     run = load_exported(path, format)
     generator = torch.Generator().manual_seed(0)
     results = []
     for height, width in sizes:
         x = torch.randn(batch, model.in_chans, height, width, generator=generator)
-        results.append(((height, width), (run(x) - model(x)).abs().max().item()))
+        expected = model(x)
+        results.append({
+            "size": (height, width),
+            "max_abs_diff": (run(x) - expected).abs().max().item(),
+            "max_abs_logit": expected.abs().max().item(),
+        })
     return results
