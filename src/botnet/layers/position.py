@@ -73,6 +73,9 @@ class RelativePosition2d(nn.Module):
 
     def tables(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """The tables for an (height, width) map: (2H-1, d) and (2W-1, d)."""
+        # Always resized (the identity, bit for bit, at the reference size):
+        # no Python test on the size, so traced and exported graphs stay
+        # correct at every input size, not only at the one they saw.
         return resize_table(self.rel_h, 2 * height - 1), resize_table(self.rel_w, 2 * width - 1)
 
     def forward(self, q: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -124,6 +127,7 @@ class AbsolutePosition2d(nn.Module):
 
     def tables(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """The tables for an (height, width) map: (H, d) and (W, d)."""
+        # Always resized, as in RelativePosition2d.tables.
         return resize_table(self.abs_h, height), resize_table(self.abs_w, width)
 
     def forward(self, q: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
