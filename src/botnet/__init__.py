@@ -19,7 +19,7 @@ from .models import BoTNet, ModelSpec, StageSpec, build_model, create_model, lis
 from .timm_models import register_if_timm_installed
 from .weights import LoadReport, load_resnet_weights
 
-register_if_timm_installed()  # timm is optional: timm.create_model("botnet50") when it is there
+register_if_timm_installed()  # optional: timm.create_model("botnet50") once timm is imported too
 
 __version__ = "0.1.0"
 

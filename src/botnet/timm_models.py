@@ -1,9 +1,12 @@
 """botnet models in timm's registry: ``timm.create_model("botnet50")`` after ``import botnet``.
 
-timm is optional (the ``[timm]`` extra). When it is importable, ``import
-botnet`` calls :func:`register_timm_models`, which adds one timm entrypoint
-per botnet model, with a timm-style pretrained config (input size, mean/std,
-``first_conv="conv1"``, ``classifier="fc"``, no weights). timm then builds
+timm is optional (the ``[timm]`` extra). Once both ``botnet`` and ``timm``
+are imported, in either order, :func:`register_timm_models` has added one
+timm entrypoint per botnet model, with a timm-style pretrained config (input
+size, mean/std, ``first_conv="conv1"``, ``classifier="fc"``, no weights).
+``import botnet`` does not import timm itself (that would double its import
+time): it registers at once if timm is already imported, else right after
+timm's own import, through an import hook. timm then builds
 the model with its own ``build_model_with_cfg``, so ``features_only=True``,
 ``out_indices``, ``checkpoint_path=``, ``timm.data.resolve_data_config``
 and ``model.reset_classifier`` work as for timm's ResNets.
@@ -26,6 +29,9 @@ stem at stride 2. ``feature_cls="dict"`` and ``"hook"`` work too;
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -120,8 +126,6 @@ def register_timm_models() -> dict[str, str]:
     Raises:
         ImportError: timm is not installed.
     """
-    import sys
-
     import timm.models
     from timm.models import generate_default_cfgs
 
@@ -147,17 +151,62 @@ def register_timm_models() -> dict[str, str]:
     return TIMM_NAMES
 
 
-def register_if_timm_installed() -> None:
-    """What ``import botnet`` runs: register with timm if it is installed, never fail the import.
-
-    A timm that is installed but cannot be imported or used (say, built for
-    another torch) gives a warning instead of breaking ``import botnet``.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("timm") is None:
-        return
+def _register_quietly() -> None:
+    # A timm that is installed but unusable (say, built for another torch)
+    # must not break `import botnet` or `import timm`.
     try:
         register_timm_models()
-    except Exception as err:  # noqa: BLE001 - an optional integration must not break the import
-        warnings.warn(f"botnet models were not registered in timm: {type(err).__name__}: {err}", stacklevel=2)
+    except Exception as err:  # noqa: BLE001 - an optional integration warns, never fails
+        warnings.warn(f"botnet models were not registered in timm: {type(err).__name__}: {err}", stacklevel=3)
+
+
+class _RegisterAfterTimmImport(importlib.abc.MetaPathFinder):
+    """Runs :func:`register_timm_models` right after ``timm`` itself is imported.
+
+    Importing timm costs about as much as importing botnet again (~1.8 s on
+    the 2-core test machine), so ``import botnet`` does not import it: this
+    finder lets the normal finders locate timm and wraps its loader so that
+    our models are registered as soon as timm's ``__init__`` has run, before
+    the importer can call ``timm.create_model``.
+    """
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "timm":
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module: Any) -> None:
+            exec_module(module)
+            _remove_import_hook()
+            _register_quietly()
+
+        spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
+        return spec
+
+
+_IMPORT_HOOK = _RegisterAfterTimmImport()
+
+
+def _remove_import_hook() -> None:
+    if _IMPORT_HOOK in sys.meta_path:
+        sys.meta_path.remove(_IMPORT_HOOK)
+
+
+def register_if_timm_installed() -> None:
+    """What ``import botnet`` runs: register now if timm is imported, else as soon as it is.
+
+    Never imports timm itself and never fails: without timm nothing happens.
+    """
+    if sys.modules.get("timm") is not None:
+        _register_quietly()
+    elif "timm" not in sys.modules and _IMPORT_HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _IMPORT_HOOK)
