@@ -131,7 +131,7 @@ def test_resize_keeps_zero_offset_and_shapes() -> None:
         torch.testing.assert_close(table_h[height - 1], rel.rel_h[6])
         torch.testing.assert_close(table_w[width - 1], rel.rel_w[4])
     absolute = AbsolutePosition2d(8, ref_size=(7, 5))
-    assert absolute.tables(7, 5)[0] is absolute.abs_h  # reference size: the parameters themselves
+    assert torch.equal(absolute.tables(7, 5)[0], absolute.abs_h)  # reference size: the parameters, bit for bit
 
 
 def test_resized_tables_interpolate_between_neighbours() -> None:

@@ -73,12 +73,10 @@ class RelativePosition2d(nn.Module):
 
     def tables(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """The tables for an (height, width) map: (2H-1, d) and (2W-1, d)."""
-        rel_h, rel_w = self.rel_h, self.rel_w
-        if rel_h.shape[0] != 2 * height - 1:
-            rel_h = resize_table(rel_h, 2 * height - 1)
-        if rel_w.shape[0] != 2 * width - 1:
-            rel_w = resize_table(rel_w, 2 * width - 1)
-        return rel_h, rel_w
+        # Always resized (the identity, bit for bit, at the reference size):
+        # no Python test on the size, so traced and exported graphs stay
+        # correct at every input size, not only at the one they saw.
+        return resize_table(self.rel_h, 2 * height - 1), resize_table(self.rel_w, 2 * width - 1)
 
     def forward(self, q: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
         """Row and column logits of scaled queries.
@@ -129,12 +127,8 @@ class AbsolutePosition2d(nn.Module):
 
     def tables(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """The tables for an (height, width) map: (H, d) and (W, d)."""
-        abs_h, abs_w = self.abs_h, self.abs_w
-        if abs_h.shape[0] != height:
-            abs_h = resize_table(abs_h, height)
-        if abs_w.shape[0] != width:
-            abs_w = resize_table(abs_w, width)
-        return abs_h, abs_w
+        # Always resized, as in RelativePosition2d.tables.
+        return resize_table(self.abs_h, height), resize_table(self.abs_w, width)
 
     def forward(self, q: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
         """Same contract as :meth:`RelativePosition2d.forward`."""
