@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -75,6 +77,15 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path) -> None:
         atomic_write(path, crash)
     assert load_checkpoint(path)["step"].item() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary left behind
+
+
+def test_atomic_write_uses_the_umask_mode(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "a.pt", {"x": torch.zeros(1)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.pt").stat().st_mode) == 0o644
 
 
 def test_missing_files_are_clear(tmp_path) -> None:
