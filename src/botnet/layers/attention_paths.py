@@ -294,17 +294,21 @@ ATTENTION_PATHS: dict[str, Callable[..., Tensor]] = {
 def resolve_backend(backend: str, q: Tensor, n_keys: int | None = None) -> str:
     """The concrete path ``backend`` stands for, for queries ``q`` (B, heads, N, d).
 
-    ``auto``: while exporting (ONNX) or when the (B, heads, N, N) logits hold
-    at most ``AUTO_MATH_MAX_ELEMENTS`` elements, the reference ``math``; beyond
-    that ``sdpa`` on CUDA and ``chunked`` elsewhere. A named backend is
-    returned as is (ValueError for an unknown one).
+    ``auto``: the reference ``math`` while the (B, heads, N, N) logits hold at
+    most ``AUTO_MATH_MAX_ELEMENTS`` elements, beyond that ``sdpa`` on CUDA and
+    ``chunked`` elsewhere. Under torch.compile, tracing and export it is always
+    ``math``: one traceable graph for any input size, fused by the compiler
+    its own way (no Python branch on sizes). A named backend is returned as
+    is (ValueError for an unknown one).
     """
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return "math"
     batch, heads, n, _ = q.shape
-    if torch.onnx.is_in_onnx_export() or batch * heads * n * (n_keys or n) <= AUTO_MATH_MAX_ELEMENTS:
+    if batch * heads * n * (n_keys or n) <= AUTO_MATH_MAX_ELEMENTS:
         return "math"
     return "sdpa" if q.is_cuda else "chunked"
 

@@ -78,7 +78,9 @@ class MHSA2d(nn.Module):
         """q (scaled), k, v, each (B, heads, N, dim_head), in x's (autocast) dtype."""
         batch, _, height, width = x.shape
         qkv = self.qkv(x).reshape(batch, 3, self.heads, self.dim_head, height * width)
-        q, k, v = qkv.transpose(-2, -1).unbind(1)
+        # Unbind before transposing: backward then stacks the three gradients
+        # straight into the convolution's layout (one copy, not two).
+        q, k, v = (t.transpose(-2, -1) for t in qkv.unbind(1))
         return q * self.scale, k, v
 
     def position_logits(self, q: Tensor, height: int, width: int) -> tuple[Tensor | None, Tensor | None]:
