@@ -72,7 +72,8 @@ def time_interleaved(
     """Seconds per call of each step, alternating between them on every round.
 
     Interleaving spreads slow phases of a shared machine over all contenders
-    instead of penalising whichever ran during them; report medians.
+    instead of penalising whichever ran during them. On a machine shared with
+    other work, the best round estimates the uncontended time.
     """
     for step in steps.values():
         for _ in range(warmup):

@@ -59,10 +59,12 @@ BACKENDS = ("auto", "math", "chunked", "sdpa", "flex")
 # 4M floats = 16 MiB, so a chunk and its gradient stay small next to the
 # inputs at detection sizes, while each matmul is still large enough for BLAS.
 CHUNK_ELEMENTS = 1 << 22
-# ``auto`` keeps the reference path on CPU while its (B, heads, N, N) logits
-# stay under this many elements (64 MiB in float32; 14x14 at batch 64 is 39M
-# elements... see docs/BENCHMARKS.md for the measured crossover).
-AUTO_MATH_MAX_ELEMENTS = 1 << 24
+# ``auto`` keeps the reference path on CPU while the (B, heads, N, N) logits
+# hold at most this many elements (32 MiB in float32). Measured on a 2-core
+# CPU (docs/BENCHMARKS.md): at 14x14, batch 16 (2.5M) the reference is ~10%
+# faster; at 32x32, batch 4 (16.8M) both take the same time and ``chunked``
+# needs half the memory; at 64x64 ``chunked`` is faster and 6x leaner.
+AUTO_MATH_MAX_ELEMENTS = 1 << 23
 
 
 def full_bias(bias_h: Tensor | None, bias_w: Tensor | None) -> Tensor | None:
