@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "broadcast_object", "barrier", "cleanup"]
+__all__ = [
+    "DistInfo", "init_distributed", "all_reduce_sum", "average_buffers", "broadcast_object", "barrier", "cleanup",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,21 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over all ranks.
+
+    Each rank updates its running statistics from its own images, so without
+    this the ranks would evaluate (and rank 0 would save) different models.
+    """
+    if not info.enabled:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(info.world_size)
 
 
 def broadcast_object(obj: object, info: DistInfo) -> object:

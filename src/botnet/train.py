@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from .checkpoint import atomic_write, load_checkpoint, model_meta, save_checkpoint, save_model
 from .data import DATASETS, ImageData, build_data
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed
+from .distributed import (DistInfo, all_reduce_sum, average_buffers, barrier, broadcast_object, cleanup,
+                          init_distributed)
 from .evaluate import EvalResult, evaluate
 from .models import create_model
 from .optim import OPTIMIZERS, create_optimizer, current_lr, warmup_cosine
@@ -57,6 +58,8 @@ class TrainConfig:
 
     ``batch_size`` is per process: under torchrun the global batch is
     ``batch_size * world_size``; ``lr`` is used as given (no scaling).
+    ``accum_steps`` splits each batch into that many micro-batches (forward
+    and backward one at a time, one optimiser step), to save memory.
     """
 
     model: str = "botnet_tiny"
@@ -66,6 +69,7 @@ class TrainConfig:
     in_chans: int = 3  # image folders only; digits / Fashion-MNIST are grey (1)
     epochs: int = 15
     batch_size: int = 64
+    accum_steps: int = 1
     opt: str = "sgd"
     lr: float = 0.1
     weight_decay: float = 5e-4
@@ -101,9 +105,14 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.opt!r}")
         if self.amp_dtype not in ("bfloat16", "float16"):
             raise ValueError(f"amp dtype must be bfloat16 or float16, got {self.amp_dtype!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.accum_steps:
+            raise ValueError(
+                f"batch size {self.batch_size} must be a multiple of accum_steps {self.accum_steps} (micro-batches "
+                "are equal slices of each batch)"
+            )
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.workers < 0:
@@ -401,15 +410,29 @@ class _Run:
             targets = targets.to(device, non_blocking=True)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                logits = self.net(images)
-                loss = self.criterion(logits, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower --lr or use --clip-grad"
-                )
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            accum = config.accum_steps
+            for micro in range(accum):
+                # Interleaved micro-batches, like DistributedSampler's rank striding: one process
+                # with accum_steps=N sees the BatchNorm statistics of N processes exactly.
+                part = slice(micro, None, accum)
+                # DDP: all-reduce the gradients once, on the last micro-batch.
+                sync = self.net.no_sync() if self.dist.enabled and micro < accum - 1 else nullcontext()
+                with sync:
+                    with autocast:
+                        logits = self.net(images[part])
+                        loss = self.criterion(logits, targets[part])
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower --lr or use "
+                            "--clip-grad"
+                        )
+                    self.scaler.scale(loss / accum).backward()
+                with torch.no_grad():
+                    batch = logits.shape[0]
+                    totals[0] += loss.detach().double() * batch
+                    totals[1] += (logits.argmax(dim=1) == labels[part]).sum()
+                    totals[2] += batch
             if config.clip_grad:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
@@ -418,11 +441,6 @@ class _Run:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            with torch.no_grad():
-                batch = labels.numel()
-                totals[0] += loss.detach().double() * batch
-                totals[1] += (logits.argmax(dim=1) == labels).sum()
-                totals[2] += batch
             if progress.bar is not None and (step % 10 == 9 or step == len(self.train_loader) - 1):
                 seen = (step + 1) * config.batch_size * self.dist.world_size
                 progress.update(step + 1 - shown, loss.item(), seen / (time.perf_counter() - start))
@@ -439,6 +457,7 @@ class _Run:
         }
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
+        average_buffers(model, self.dist)  # one model on every rank: the one rank 0 saves
         return evaluate(
             model, self.val_loader, self.device, self.data.num_classes, self.amp_dtype, self.channels_last,
             dist_info=self.dist,

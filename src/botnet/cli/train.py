@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = parser.add_argument_group("recipe")
     g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     g.add_argument("-b", "--batch-size", type=int, help=f"per process (default {d.batch_size})")
+    g.add_argument("--accum-steps", type=int,
+                   help="split each batch into N interleaved micro-batches (less memory; one optimiser step)")
     g.add_argument("--opt", choices=OPTIMIZERS, help=f"default {d.opt} (Nesterov momentum)")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
     g.add_argument("--weight-decay", "--wd", type=float, help=f"on conv/linear weights only (default {d.weight_decay})")
