@@ -62,7 +62,7 @@ class TrainConfig:
     and backward one at a time, one optimiser step), to save memory.
     """
 
-    model: str = "botnet_tiny"
+    model: str = "botnet_mini"
     dataset: str = "digits"
     data_dir: str | None = None
     img_size: int | None = None  # None: the dataset's default (digits 32, fashion-mnist 28, folder 64)
@@ -202,8 +202,10 @@ class _Progress:
     """A rich progress bar (rank 0 only) with loss, throughput and ETA."""
 
     def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+
         self.bar = None
-        if enabled:
+        if enabled and Console().is_terminal:  # no live bar in logs; the epoch lines remain
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
@@ -273,7 +275,13 @@ class _Run:
         checkpoint = None
         if resume is not None:
             path = Path(resume)
-            path = path / "last.pt" if path.is_dir() else path
+            if path.is_dir():
+                path = path / "last.pt"
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"no checkpoint to resume in {resume!r} (no last.pt): the run stopped before its first "
+                        "epoch ended; start it again without --resume"
+                    )
             checkpoint = load_checkpoint(path)
             config = _resume_config(checkpoint, path, overrides)
         elif config is None:
@@ -359,6 +367,8 @@ class _Run:
             self.optimizer, config.epochs * steps, round(config.warmup_epochs * steps), config.min_lr_ratio
         )
         self.amp_dtype = getattr(torch, config.amp_dtype) if config.amp else None
+        if self.amp_dtype is torch.float16 and device.type == "cpu":
+            _print(self.dist, "[yellow]note[/]: float16 autocast on a CPU is emulated and slow; bfloat16 is not")
         if self.amp_dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             self.amp_dtype = torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
@@ -468,6 +478,8 @@ class _Run:
         return model_meta(
             self.model, class_names=data.class_names, img_size=list(data.img_size), mean=list(data.mean),
             std=list(data.std), dataset=data.info.get("dataset"),
+            # How image folders were split, so `botnet eval` rebuilds the same validation images.
+            split={"seed": self.config.seed, "val_fraction": self.config.val_fraction},
         )
 
     def _gather_rng(self) -> list[dict[str, Any]]:
@@ -505,7 +517,7 @@ class _Run:
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
             checkpoint["train_model"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        extra = {k: meta[k] for k in ("class_names", "img_size", "mean", "std", "dataset")}
+        extra = {k: v for k, v in meta.items() if k not in ("format", "version", "model", "spec")}
         # best first: a crash between the two leaves last.pt at the previous epoch, which resumes
         # into the same best again.
         if improved:

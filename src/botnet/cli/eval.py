@@ -49,16 +49,17 @@ def run(args: argparse.Namespace) -> int:
     missing = [k for k in ("img_size", "mean", "std", "class_names") if k not in meta]
     if missing:
         raise CommandError(f"{args.checkpoint!r} lacks {missing} in its description; it was not written by botnet train")
+    split = meta.get("split", {}) if dataset == meta.get("dataset") else {}
     data = build_data(
         dataset, args.data_dir, tuple(meta["img_size"]), aug="none", in_chans=model.in_chans,
-        norm=(meta["mean"], meta["std"]),
+        norm=(meta["mean"], meta["std"]), seed=split.get("seed", 0), val_fraction=split.get("val_fraction", 0.2),
     )
     if data.class_names != list(meta["class_names"]):
         raise CommandError(
             f"the model was trained on classes {meta['class_names']} but {dataset} has {data.class_names}"
         )
-    split = data.val if args.split == "val" else data.train  # aug="none": no augmentation on either
-    loader = DataLoader(split, batch_size=args.batch_size, num_workers=args.workers)
+    images = data.val if args.split == "val" else data.train  # aug="none": no augmentation on either
+    loader = DataLoader(images, batch_size=args.batch_size, num_workers=args.workers)
     result = evaluate(model, loader, device, data.num_classes, confusion=True)
     per_class = result.per_class_accuracy()
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(payload))
         return 0
     console = Console(highlight=False)
-    table = Table(title=f"{meta['model']} on {dataset} ({args.split}, {result.count} images)")
+    table = Table(title=f"{meta['model']}, {dataset} {args.split}")
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("accuracy", justify="right")

@@ -22,7 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a BoTNet. With no options: botnet_tiny on scikit-learn's digits (8x8 upsampled to "
         "32 px, fixed 80/20 split), on the CPU. Writes OUT/{last,best}.pt, .safetensors, metrics.jsonl, "
         "config.json. Under torchrun it uses DistributedDataParallel (nccl on GPU, gloo on CPU).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = parser.add_argument_group("data and model")
     g.add_argument("--model", help=f"registered model name (default {d.model}; see `botnet info --list`)")
