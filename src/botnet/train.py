@@ -67,7 +67,7 @@ class TrainConfig:
     data_dir: str | None = None
     img_size: int | None = None  # None: the dataset's default (digits 32, fashion-mnist 28, folder 64)
     in_chans: int = 3  # image folders only; digits / Fashion-MNIST are grey (1)
-    epochs: int = 15
+    epochs: int = 10
     batch_size: int = 64
     accum_steps: int = 1
     opt: str = "sgd"
