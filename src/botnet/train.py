@@ -126,7 +126,8 @@ class TrainConfig:
 # --------------------------------------------------------------------------- helpers
 
 
-def resolve_device(name: str, dist_info_local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA if available (this process's GPU under torchrun), else the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -134,7 +135,7 @@ def resolve_device(name: str, dist_info_local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name} requested but CUDA is not available (use --device cpu)")
         if device.index is None:
-            device = torch.device("cuda", dist_info_local_rank)
+            device = torch.device("cuda", local_rank)
     return device
 
 
@@ -356,11 +357,6 @@ class _Run:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        self.ema = None
-        if config.ema:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         self.optimizer = create_optimizer(self.model, config.opt, config.lr, config.weight_decay, config.momentum)
         steps = len(self.train_loader)
         self.scheduler = warmup_cosine(
@@ -381,6 +377,11 @@ class _Run:
         if self.dist.enabled:
             net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
         self.net = net
+        self.ema = None
+        if config.ema:  # after DDP, which gave every rank rank 0's initial weights
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
