@@ -173,6 +173,22 @@ def test_inference_output_format():
         assert ((output["masks"] >= 0) & (output["masks"] <= 1)).all()
 
 
+def test_resnet50_detector_is_torchvisions_maskrcnn_resnet50_fpn():
+    """Same modules, names and function: torchvision's COCO weights load into ours."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    options = dict(num_classes=5, min_size=64, max_size=96, box_detections_per_img=20)
+    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **options)
+    ours = maskrcnn_botnet_fpn("resnet50", **options)
+    ours.load_state_dict(reference.state_dict())  # strict: every key and shape matches
+    images = [torch.rand(3, 64, 90)]
+    with torch.no_grad():
+        expected, got = reference.eval()(images)[0], ours.eval()(images)[0]
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key])
+
+
 def test_faster_rcnn_and_builder_options():
     torch.manual_seed(0)
     model = fasterrcnn_botnet_fpn("botnet_tiny", num_classes=3, **{k: v for k, v in SMALL.items() if k != "mask_head_channels"})
@@ -352,3 +368,65 @@ def test_detector_save_load_round_trip(tmp_path):
     save_model(tmp_path / "classifier.safetensors", create_model("botnet_tiny", num_classes=10))
     with pytest.raises(ValueError, match="not a detector"):
         load_detector(tmp_path / "classifier.safetensors")
+
+
+# --- command line --------------------------------------------------------------------------------
+
+CLI_MODEL = [
+    "--backbone", "botnet_tiny", "--returned-layers", "2", "3", "4", "--fpn-channels", "32", "--box-head-size", "64",
+    "--mask-head-channels", "16", "--box-batch-size", "64", "--rpn-post-nms-train", "200",
+    "--min-size", "64", "--max-size", "96", "--workers", "0", "--batch-size", "4", "--warmup-iters", "2",
+]
+
+
+def test_cli_train_resume_eval_predict(tmp_path, capsys):
+    from PIL import Image
+
+    from botnet.cli import main
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["detect", "make-synthetic", str(data), "--train", "8", "--val", "4", "--min-size", "64",
+                 "--max-size", "96"]) == 0
+    train = ["detect", "train", "--data", str(data), "--out", str(run), *CLI_MODEL]
+    assert main([*train, "--epochs", "1"]) == 0
+    first = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in first] == [1] and "bbox_AP" in first[0] and "segm_AP" in first[0]
+    assert {"best.pt", "last.pt", "best.safetensors", "last.safetensors"} <= {p.name for p in run.iterdir()}
+    assert not [p for p in run.iterdir() if p.suffix == ".tmp"]
+
+    # Resuming continues after epoch 1 with the optimizer state; other model options are refused.
+    assert main([*train, "--epochs", "2", "--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
+    assert main([*train, "--epochs", "3", "--resume", "--fpn-channels", "16"]) == 2
+    assert "fpn_channels: checkpoint 32, now 16" in capsys.readouterr().err
+    assert main([*train, "--epochs", "2", "--resume"]) == 2  # nothing left to do
+    assert "already finished 2 epochs" in capsys.readouterr().err
+
+    metrics_file = tmp_path / "metrics.json"
+    assert main(["detect", "eval", "--checkpoint", str(run), "--data", str(data), "--workers", "0",
+                 "--json", str(metrics_file)]) == 0
+    metrics = json.loads(metrics_file.read_text())
+    assert set(metrics) == {"bbox", "segm"} and 0 <= metrics["bbox"]["AP"] <= 1
+
+    out = tmp_path / "pred"
+    assert main(["detect", "predict", str(data / "val"), "--checkpoint", str(run / "last.pt"), "--out", str(out),
+                 "--score-threshold", "0", "--json", str(tmp_path / "det.json")]) == 0
+    pngs = sorted(out.glob("*_det.png"))
+    assert len(pngs) == 4
+    with Image.open(pngs[0]) as drawn, Image.open(sorted((data / "val").glob("*.png"))[0]) as source:
+        assert min(drawn.size) >= 384 and drawn.size[0] * source.size[1] == drawn.size[1] * source.size[0]
+    detections = json.loads((tmp_path / "det.json").read_text())
+    assert len(detections) == 4 and all(d["detections"] for d in detections)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from botnet.cli import main
+
+    assert main(["detect", "eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path)]) == 2
+    assert "botnet detect: error: no best/last" in capsys.readouterr().err
+    assert main(["detect", "train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    assert "no annotation file" in capsys.readouterr().err
+    assert main(["detect", "predict", str(tmp_path / "none.png"), "--checkpoint", str(tmp_path),
+                 "--out", str(tmp_path)]) == 2
+    assert "no image or folder" in capsys.readouterr().err

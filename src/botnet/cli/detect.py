@@ -510,9 +510,12 @@ def draw_detections(image: Any, output: dict[str, Any], class_names: list[str], 
     if masks is not None and len(masks):
         image = draw_segmentation_masks(image, masks.reshape(-1, *image.shape[-2:]), alpha=0.45, colors=colors)
     if len(boxes):
+        from matplotlib import font_manager  # a TrueType font that scales (PIL's default does not)
+
         names = [f"{class_names[int(label) - 1]} {float(score):.2f}" for label, score in zip(labels, scores)]
-        image = draw_bounding_boxes(image, boxes, labels=names, colors=colors, width=2,
-                                    font_size=max(10, 5 * factor))
+        font = font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+        image = draw_bounding_boxes(image, boxes, labels=names, colors=colors, width=2, font=font,
+                                    font_size=max(10, min(image.shape[-2:]) // 24))
     return image
 
 

@@ -72,6 +72,7 @@ class BoTNetFPN(BackboneWithFPN):
             (4, 8, 16, 32, 64) for botnet50 with all four stages.
         body_meta: JSON description of the BoTNet (rebuilds it; see
             :func:`botnet.checkpoint.model_meta`).
+        load_report: what :func:`botnet.load_resnet_weights` did, or None.
 
     Shape:
         (B, 3, H, W) -> {"0": (B, out_channels, H/s0, W/s0), ..., "pool": ...};
@@ -97,6 +98,7 @@ class BoTNetFPN(BackboneWithFPN):
             extra_blocks=extra_blocks, norm_layer=fpn_norm_layer,
         )
         self.body_meta = model_meta(model)
+        self.load_report: LoadReport | None = None  # set when started from ResNet weights
         self.featmap_names = [str(v) for v in range(len(returned_layers))]
         strides = [int(f["reduction"]) for f in info]
         # LastLevelMaxPool (torchvision's default extra level) halves the last map once;

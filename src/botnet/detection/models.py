@@ -44,16 +44,6 @@ def anchor_generator_for(
     return AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(strides))
 
 
-def _backbone(
-    backbone: str | BoTNetFPN, backbone_kwargs: dict[str, Any]
-) -> BoTNetFPN:
-    if isinstance(backbone, BoTNetFPN):
-        if backbone_kwargs:
-            raise ValueError(f"backbone options {sorted(backbone_kwargs)} given with a ready-made backbone")
-        return backbone
-    return botnet_fpn_backbone(backbone, **backbone_kwargs)
-
-
 def build_detector(
     arch: str,
     num_classes: int,
@@ -75,7 +65,8 @@ def build_detector(
     Args:
         arch: "maskrcnn" or "fasterrcnn".
         num_classes: classes including background (COCO: 91).
-        backbone: a registered model name, or a ready :class:`BoTNetFPN`.
+        backbone: a registered model name, or a ready :class:`BoTNetFPN`
+            (then the backbone options below must be left out).
         weights_backbone: ResNet-50 state dict (or file) for the conv stages.
         trainable_backbone_layers, norm_layer, returned_layers: see
             :func:`botnet_fpn_backbone`.
@@ -98,13 +89,18 @@ def build_detector(
         raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background too, so it must be at least 2, got {num_classes}")
-    options = dict(backbone_kwargs or {})
-    if not isinstance(backbone, BoTNetFPN):
-        options.update(
-            weights=weights_backbone, trainable_layers=trainable_backbone_layers, norm_layer=norm_layer,
-            returned_layers=returned_layers, out_channels=fpn_channels,
+    if isinstance(backbone, BoTNetFPN):
+        given = {"weights_backbone": weights_backbone, "trainable_backbone_layers": trainable_backbone_layers,
+                 "norm_layer": norm_layer, "backbone_kwargs": backbone_kwargs}
+        if any(v is not None for v in given.values()):
+            names = sorted(k for k, v in given.items() if v is not None)
+            raise ValueError(f"backbone options {names} given with a ready-made backbone")
+        body = backbone
+    else:
+        body = botnet_fpn_backbone(
+            backbone, weights=weights_backbone, trainable_layers=trainable_backbone_layers, norm_layer=norm_layer,
+            returned_layers=returned_layers, out_channels=fpn_channels, **(backbone_kwargs or {}),
         )
-    body = _backbone(backbone, options)
     kwargs.setdefault("rpn_anchor_generator", anchor_generator_for(body.strides, anchor_scale))
     # torchvision's default RoI poolers read levels "0".."3"; read whatever levels the backbone has.
     kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(body.featmap_names, output_size=7, sampling_ratio=2))
