@@ -19,6 +19,10 @@ from typing import Any
 from . import CommandError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# Datasets whose images are all this small are not upscaled to torchvision's 800 px by default.
+SMALL_IMAGES = 256
+# Refuse sizes whose c5 attention logits alone would need more than this per image (fp32).
+MAX_ATTENTION_BYTES = 16 * 2**30
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -113,9 +117,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ref-img-size", type=int, default=None,
                        help="image size the attention position tables are made for (default: the model's)")
     group.add_argument("--min-size", type=int, default=None,
-                       help="shorter image side after resizing (default 800; 128 for synthetic data)")
+                       help="shorter image side after resizing (default 800, or for data whose images are all "
+                       f"at most {SMALL_IMAGES} px, like the synthetic shapes, their longest side)")
     group.add_argument("--max-size", type=int, default=None,
-                       help="longer side at most (default 1333; 128 for synthetic data)")
+                       help="longer side at most (default 1333, or as --min-size for small images)")
     group.add_argument("--box-batch-size", type=int, default=512, help="RoIs sampled per image for the box head")
     group.add_argument("--rpn-post-nms-train", type=int, default=2000, help="proposals kept per image in training")
 
@@ -215,12 +220,13 @@ def run_make_synthetic(args: argparse.Namespace) -> int:
 
 # --- train ---------------------------------------------------------------------------------------
 
-def _config_from_args(args: argparse.Namespace, num_classes: int, synthetic: bool) -> Any:
+def _config_from_args(args: argparse.Namespace, num_classes: int, largest_side: int) -> Any:
     from ..detection.checkpoint import DetectorConfig
 
     pretrained = args.weights_backbone is not None
     backbone_kwargs = {"ref_img_size": args.ref_img_size} if args.ref_img_size else {}
-    default_min, default_max = (128, 128) if synthetic else (800, 1333)
+    small = largest_side <= SMALL_IMAGES
+    default_min, default_max = (largest_side, largest_side) if small else (800, 1333)
     return DetectorConfig(
         arch=args.arch,
         backbone=args.backbone,
@@ -240,6 +246,25 @@ def _config_from_args(args: argparse.Namespace, num_classes: int, synthetic: boo
             "rpn_post_nms_top_n_train": args.rpn_post_nms_train,
         },
     )
+
+
+def _check_attention_size(spec: dict[str, Any], min_size: int, max_size: int) -> None:
+    """Refuse image sizes whose attention logits would not fit in memory, before the first step."""
+    stride = 4 if spec["stem"] == "imagenet" else 1
+    for stage in spec["stages"]:
+        # A stage whose first block attends does so before its stride (the pool comes after attention).
+        attends_at = stride if stage["attention"] >= stage["depth"] else stride * stage["stride"]
+        stride *= stage["stride"]
+        if not stage["attention"]:
+            continue
+        positions = -(-min_size // attends_at) * -(-max_size // attends_at)
+        logits_bytes = positions**2 * spec["heads"] * 4
+        if logits_bytes > MAX_ATTENTION_BYTES:
+            raise CommandError(
+                f"images of {min_size}x{max_size} px give {positions} attention positions at stride {attends_at}: "
+                f"{logits_bytes / 2**30:.0f} GiB of attention logits per image. Use smaller --min-size / --max-size "
+                "(small-stem models such as botnet_tiny are made for images of 32-256 px)"
+            )
 
 
 def _init_distributed(device_arg: str) -> tuple[Any, int, int]:
@@ -266,7 +291,6 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import dataclasses
     import random
 
     import torch
@@ -305,8 +329,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed + rank)
     random.seed(args.seed + rank)
-    config = _config_from_args(args, train_set.num_classes, synthetic)
+    largest_side = max(max(info["width"], info["height"]) for info in train_set.coco.imgs.values())
+    config = _config_from_args(args, train_set.num_classes, largest_side)
     model = build_from_config(config, weights_backbone=args.weights_backbone).to(device)
+    sizes = config.detector_kwargs
+    _check_attention_size(model.backbone.body_meta["spec"], sizes["min_size"], sizes["max_size"])
     report = model.backbone.load_report
     if report is not None and is_main:
         console.print(f"backbone weights from {args.weights_backbone}: {report.summary()}")
@@ -463,7 +490,8 @@ def run_eval(args: argparse.Namespace) -> int:
             autocast_dtype=torch.bfloat16 if args.amp else None, on_step=lambda: progress.update(task, advance=1),
         )
     assert metrics is not None
-    console.print(_metrics_table(metrics, f"COCO metrics: {args.checkpoint} on {args.split} ({len(dataset)} images)"))
+    console.print(f"{args.checkpoint} on {args.data} ({args.split}, {len(dataset)} images)")
+    console.print(_metrics_table(metrics, "COCO metrics"))
     if args.json:
         atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(metrics, indent=1)))
     return 0
@@ -536,7 +564,7 @@ def run_predict(args: argparse.Namespace) -> int:
     class_names = meta["class_names"]
     console = _console()
     table = Table(title=f"detections (score >= {args.score_threshold})")
-    for column in ("image", "size", "detections", "classes", "PNG"):
+    for column in ("image", "W x H", "detections", "classes", "PNG"):
         table.add_column(column)
     records = []
     args.out.mkdir(parents=True, exist_ok=True)
