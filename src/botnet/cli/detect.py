@@ -134,6 +134,15 @@ def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
 
 # --- shared helpers -------------------------------------------------------------------------------
 
+def _require_pycocotools() -> None:
+    from ..detection.data import require_pycocotools
+
+    try:
+        require_pycocotools()
+    except ImportError as err:
+        raise CommandError(str(err)) from None
+
+
 def _device(name: str) -> Any:
     import torch
 
@@ -200,6 +209,7 @@ def _metrics_table(metrics: dict[str, dict[str, float]], title: str) -> Any:
 # --- make-synthetic ------------------------------------------------------------------------------
 
 def run_make_synthetic(args: argparse.Namespace) -> int:
+    _require_pycocotools()
     from rich.table import Table
 
     from ..detection.data import make_synthetic_shapes
@@ -291,6 +301,7 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[
 
 
 def run_train(args: argparse.Namespace) -> int:
+    _require_pycocotools()
     import random
 
     import torch
@@ -465,6 +476,7 @@ def run_train(args: argparse.Namespace) -> int:
 # --- eval ----------------------------------------------------------------------------------------
 
 def run_eval(args: argparse.Namespace) -> int:
+    _require_pycocotools()
     import torch
     from torch.utils.data import SequentialSampler
 

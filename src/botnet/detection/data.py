@@ -49,6 +49,7 @@ __all__ = [
     "CocoDetection",
     "collate",
     "make_synthetic_shapes",
+    "require_pycocotools",
     "split_paths",
 ]
 
@@ -61,6 +62,16 @@ def split_paths(root: PathLike, split: str) -> tuple[Path, Path]:
     """(image folder, annotation file) of ``split`` under a COCO-layout ``root``."""
     root = Path(root)
     return root / split, root / "annotations" / f"instances_{split}.json"
+
+
+def require_pycocotools() -> None:
+    """Raise an ImportError that says how to install pycocotools, if it is missing."""
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "COCO-format data and COCO mAP need pycocotools: pip install 'botnet[detection]' (or pycocotools)"
+        ) from None
 
 
 def _quiet(fn: Any, *args: Any) -> Any:
@@ -102,6 +113,7 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, images: PathLike, annotations: PathLike, *, train: bool = False, with_masks: bool = True) -> None:
+        require_pycocotools()
         from pycocotools.coco import COCO
 
         self.images = Path(images)
@@ -314,6 +326,7 @@ def make_synthetic_shapes(
     Returns:
         {split: (image folder, annotation file)}.
     """
+    require_pycocotools()
     from pycocotools import mask as mask_utils
 
     if not 32 <= min_size <= max_size:
