@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import PathLike, _model_from_meta, atomic_write, load_checkpoint
+from ..checkpoint import PathLike, model_from_meta, atomic_write, load_checkpoint
 from .backbone import botnet_fpn_backbone
 from .models import ANCHOR_SCALE, build_detector
 
@@ -68,7 +68,7 @@ class DetectorConfig:
 def build_from_config(config: DetectorConfig, weights_backbone: Any = None, backbone_meta: dict | None = None) -> nn.Module:
     """The detector of ``config``; ``backbone_meta`` (from a checkpoint) pins the exact backbone spec."""
     if backbone_meta is not None:
-        model: Any = _model_from_meta(backbone_meta)
+        model: Any = model_from_meta(backbone_meta)
         model_kwargs: dict[str, Any] = {}
     else:
         model, model_kwargs = config.backbone, dict(config.backbone_kwargs)
