@@ -124,7 +124,7 @@ def test_trainable_layers_and_resnet_weights():
         botnet_fpn_backbone("botnet_tiny", trainable_layers=2)
     with pytest.raises(ValueError, match="norm_layer must be"):
         botnet_fpn_backbone("botnet_tiny", norm_layer=nn.GroupNorm)
-    with pytest.raises(ValueError, match="no tensor of the given weights fits"):
+    with pytest.raises(ValueError, match="no tensor of the source fits the model"):
         botnet_fpn_backbone("botnet_tiny", weights={"unrelated.weight": torch.zeros(3)})
 
 

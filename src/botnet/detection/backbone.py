@@ -188,12 +188,7 @@ def botnet_fpn_backbone(
         model = create_model(name, num_classes=0, **model_kwargs)
     report: LoadReport | None = None
     if weights is not None:
-        report = load_resnet_weights(model, weights)
-        if not report.loaded:
-            raise ValueError(
-                f"no tensor of the given weights fits {model.name}: {report.summary()}; "
-                "expected a torchvision/timm ResNet state dict with matching stage widths"
-            )
+        report = load_resnet_weights(model, weights)  # raises when no tensor fits
     if norm is FrozenBatchNorm2d:
         freeze_batchnorm(model)
     elif norm is nn.SyncBatchNorm:
