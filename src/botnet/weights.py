@@ -54,12 +54,17 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
                 f"cannot read {path!r} as a plain tensor checkpoint (weights_only=True refuses pickled "
                 f"code and objects): {str(err).splitlines()[0]}"
             ) from None
+    return _unwrap_state_dict(state, repr(path))
+
+
+def _unwrap_state_dict(state: object, what: str) -> dict[str, Tensor]:
+    """The tensors of a bare or wrapped (``state_dict``/``model``/``model_state``) state dict."""
     for key in ("state_dict", "model", "model_state"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
             break
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path!r} does not hold a state dict (found {type(state).__name__})")
+        raise ValueError(f"{what} does not hold a state dict (found {type(state).__name__})")
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
 
 
@@ -77,18 +82,46 @@ def load_resnet_weights(
     torchvision or timm ``resnet50``, whose parameter names match ours.
     Every tensor of a BoT block stays at its initial value: its BN after
     attention normalises a different signal than the ResNet's 3x3 conv.
+    With the weights loaded, c2-c4 (``model.feature_maps(x)``) equal the
+    ResNet's ``layer1``-``layer3`` outputs exactly (in eval mode).
+
+    Layouts read (both use torchvision's names: ``conv1``, ``bn1``,
+    ``layer{1..4}.{i}.conv{1,2,3}``/``bn{1,2,3}``, ``downsample.{0,1}``, ``fc``):
+
+    * torchvision: ``torch.save(torchvision.models.resnet50(weights=...).state_dict(), "r50.pth")``
+      or the downloaded ``resnet50-*.pth`` (a bare state dict);
+    * timm: ``timm.create_model("resnet50")`` state dicts, its Hugging Face
+      ``model.safetensors`` / ``pytorch_model.bin``, and timm training
+      checkpoints (tensors under ``state_dict``; files that also pickle
+      objects such as ``args`` are refused, save ``ckpt["state_dict"]`` alone).
+
+    A dict wrapping the state dict under ``state_dict``, ``model`` or
+    ``model_state`` and a DDP ``module.`` prefix are handled for paths and
+    mappings alike.
 
     Args:
         model: a model from :func:`botnet.create_model`.
-        source: a state dict, or a path to .pth/.pt/.safetensors.
+        source: a state dict, or a path to .pth/.pt/.bin/.safetensors.
         include_classifier: also copy ``fc`` when its shape matches.
         verbose: print the report summary.
 
     Returns:
         A :class:`LoadReport`.
+
+    Raises:
+        ValueError: no tensor of the source fits the model (not a ResNet
+            state dict), or the file is not a plain tensor checkpoint.
+
+    Example:
+        >>> model = botnet.create_model("botnet50", num_classes=10)
+        >>> report = botnet.load_resnet_weights(model, "resnet50-0676ba61.pth")
+        >>> report.summary()
+        'loaded 258 tensors, skipped 62, left 68 at init'
     """
-    state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if isinstance(source, (str, os.PathLike)):
+        state = read_state_dict(source)
+    else:
+        state = _unwrap_state_dict(source, "the given source")
     attention_prefixes = tuple(
         f"{name}." for name, module in model.named_modules() if isinstance(module, BoTBlock)
     )
@@ -106,6 +139,12 @@ def load_resnet_weights(
             report.skipped[key] = f"shape {tuple(value.shape)} != model's {tuple(target[key].shape)}"
         else:
             to_load[key] = value
+    if not to_load:
+        reasons = sorted(set(report.skipped.values()))
+        raise ValueError(
+            f"no tensor of the source fits the model ({len(state)} source tensors; reasons: {reasons}); "
+            "expected a torchvision/timm ResNet state dict with keys like 'conv1.weight', 'layer1.0.conv1.weight'"
+        )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     report.missing = sorted(set(target) - set(to_load))

@@ -80,9 +80,7 @@ def self_attention(x: Tensor, *, return_weights: bool = False) -> Tensor | tuple
     batch, channels, height, width = x.shape
     tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        t32 = tokens.float()
-        out, weights = attention_math(
-            (t32 * channels**-0.5).unsqueeze(1), t32.unsqueeze(1), t32.unsqueeze(1), return_weights=True
-        )
+        t32 = tokens.to(torch.promote_types(tokens.dtype, torch.float32)).unsqueeze(1)
+        out, weights = attention_math(t32 * channels**-0.5, t32, t32, return_weights=True)
     out = out.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width).to(x.dtype)
     return (out, weights.squeeze(1)) if return_weights else out

@@ -5,10 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attention import attention_math, check_feature_map
+from .attention import check_feature_map
+from .attention_paths import ATTENTION_PATHS, BACKENDS, resolve_backend
 from .position import POS_EMB_TYPES, make_position
 
-__all__ = ["MHSA2d"]
+__all__ = ["MHSA2d", "set_attention_backend"]
+
+# Paths that take q, k, v in the projection's dtype and keep logits and
+# softmax in float32 inside their fused kernels.
+_FUSED = ("sdpa", "flex")
 
 
 class MHSA2d(nn.Module):
@@ -29,6 +34,11 @@ class MHSA2d(nn.Module):
         ref_size: feature-map size the position tables are made for. Other
             sizes (square or not) interpolate them; this is a reference, not
             a constraint.
+        backend: how attention is computed, the same function every way:
+            ``"auto"`` (by device and size), ``"math"`` (the reference),
+            ``"chunked"`` (memory-lean: query chunks recomputed in backward),
+            ``"sdpa"`` (``F.scaled_dot_product_attention``) or ``"flex"``
+            (FlexAttention, CUDA). See :mod:`botnet.layers.attention_paths`.
 
     Shape:
         input (B, dim, H, W) -> output (B, heads * dim_head, H, W).
@@ -41,10 +51,14 @@ class MHSA2d(nn.Module):
         dim_head: int = 128,
         pos_emb: str = "relative",
         ref_size: int | tuple[int, int] = 14,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if pos_emb not in POS_EMB_TYPES:
             raise ValueError(f"pos_emb must be one of {POS_EMB_TYPES}, got {pos_emb!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.dim = dim
         self.heads = heads
         self.dim_head = dim_head
@@ -64,7 +78,9 @@ class MHSA2d(nn.Module):
         """q (scaled), k, v, each (B, heads, N, dim_head), in x's (autocast) dtype."""
         batch, _, height, width = x.shape
         qkv = self.qkv(x).reshape(batch, 3, self.heads, self.dim_head, height * width)
-        q, k, v = qkv.transpose(-2, -1).unbind(1)
+        # Unbind before transposing: backward then stacks the three gradients
+        # straight into the convolution's layout (one copy, not two).
+        q, k, v = (t.transpose(-2, -1) for t in qkv.unbind(1))
         return q * self.scale, k, v
 
     def position_logits(self, q: Tensor, height: int, width: int) -> tuple[Tensor | None, Tensor | None]:
@@ -77,12 +93,37 @@ class MHSA2d(nn.Module):
         check_feature_map(x, self.dim, what=f"{type(self).__name__} input")
         batch, _, height, width = x.shape
         q, k, v = self.project(x)
+        backend = resolve_backend(self.backend, q)
+        attend = ATTENTION_PATHS[backend]
+        # Logits and softmax in at least float32 (half-precision logits
+        # overflow at 65504); float64 stays float64.
+        logit_dtype = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q32 = q.float()
-            bias_h, bias_w = self.position_logits(q32, height, width)
-            out = attention_math(q32, k.float(), v, bias_h, bias_w)
+            q_logit = q.to(logit_dtype)
+            bias_h, bias_w = self.position_logits(q_logit, height, width)
+            if backend in _FUSED:
+                # Fused kernels take q, k, v in one (half) dtype and accumulate in float32.
+                out = attend(q, k, v, bias_h, bias_w)
+            else:
+                out = attend(q_logit, k.to(logit_dtype), v, bias_h, bias_w)
         # (B, heads, N, d) -> (B, heads * d, H, W): heads concatenated on channels.
         return out.transpose(-2, -1).reshape(batch, self.out_channels, height, width)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, pos_emb={self.pos_emb!r}"
+        return (
+            f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, pos_emb={self.pos_emb!r}"
+            + (f", backend={self.backend!r}" if self.backend != "auto" else "")
+        )
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> int:
+    """Set ``backend`` on every :class:`MHSA2d` in ``model``; returns how many.
+
+    Example: ``set_attention_backend(create_model("botnet50"), "chunked")``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    layers = [m for m in model.modules() if isinstance(m, MHSA2d)]
+    for layer in layers:
+        layer.backend = backend
+    return len(layers)

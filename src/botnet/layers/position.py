@@ -73,12 +73,10 @@ class RelativePosition2d(nn.Module):
 
     def tables(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """The tables for an (height, width) map: (2H-1, d) and (2W-1, d)."""
-        rel_h, rel_w = self.rel_h, self.rel_w
-        if rel_h.shape[0] != 2 * height - 1:
-            rel_h = resize_table(rel_h, 2 * height - 1)
-        if rel_w.shape[0] != 2 * width - 1:
-            rel_w = resize_table(rel_w, 2 * width - 1)
-        return rel_h, rel_w
+        # Always resized (the identity, bit for bit, at the reference size):
+        # no Python test on the size, so traced and exported graphs stay
+        # correct at every input size, not only at the one they saw.
+        return resize_table(self.rel_h, 2 * height - 1), resize_table(self.rel_w, 2 * width - 1)
 
     def forward(self, q: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
         """Row and column logits of scaled queries.
@@ -91,21 +89,21 @@ class RelativePosition2d(nn.Module):
             bias_w: (B, heads, N, W), ``bias_w[..., i, x_j]``.
         """
         rel_h, rel_w = self.tables(height, width)
-        rel_h = rel_h.to(q.dtype)
-        rel_w = rel_w.to(q.dtype)
-        # Gather each table to (query coordinate, key coordinate, d): entry
-        # [a, b] holds the embedding of offset b - a.
+        # One matmul against both tables scores every offset: (B, heads, N,
+        # 2H-1 + 2W-1). Each query then picks its keys' offsets, y_j - y_i + H - 1
+        # among the rows and x_j - x_i + W - 1 among the columns (which sit
+        # after the 2H-1 row offsets). Cheaper than contracting q with
+        # per-query gathered (H, H, d) tables, which needs permuted copies of q.
+        scores = q @ torch.cat([rel_h, rel_w]).to(q.dtype).t()
         ys = torch.arange(height, device=q.device)
         xs = torch.arange(width, device=q.device)
-        table_h = rel_h[ys[None, :] - ys[:, None] + height - 1]  # (H, H, d)
-        table_w = rel_w[xs[None, :] - xs[:, None] + width - 1]  # (W, W, d)
-        batch, heads, _, dim = q.shape
-        q2d = q.reshape(batch, heads, height, width, dim)
-        bias_h = torch.einsum("bnyxd,ykd->bnyxk", q2d, table_h)
-        bias_w = torch.einsum("bnyxd,xkd->bnyxk", q2d, table_w)
-        return bias_h.reshape(batch, heads, height * width, height), bias_w.reshape(
-            batch, heads, height * width, width
-        )
+        rows = ys[None, :] - ys[:, None] + height - 1  # (query y, key y)
+        cols = xs[None, :] - xs[:, None] + width - 1 + 2 * height - 1  # (query x, key x)
+        index = torch.cat(
+            [rows[:, None, :].expand(height, width, height), cols[None, :, :].expand(height, width, width)], dim=-1
+        ).reshape(height * width, height + width)
+        bias = scores.gather(-1, index.expand(*q.shape[:-2], -1, -1))
+        return bias[..., :height], bias[..., height:]
 
     def extra_repr(self) -> str:
         return f"dim_head={self.dim_head}, ref_size={self.ref_size}"
@@ -129,12 +127,8 @@ class AbsolutePosition2d(nn.Module):
 
     def tables(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """The tables for an (height, width) map: (H, d) and (W, d)."""
-        abs_h, abs_w = self.abs_h, self.abs_w
-        if abs_h.shape[0] != height:
-            abs_h = resize_table(abs_h, height)
-        if abs_w.shape[0] != width:
-            abs_w = resize_table(abs_w, width)
-        return abs_h, abs_w
+        # Always resized, as in RelativePosition2d.tables.
+        return resize_table(self.abs_h, height), resize_table(self.abs_w, width)
 
     def forward(self, q: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
         """Same contract as :meth:`RelativePosition2d.forward`."""

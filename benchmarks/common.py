@@ -1,0 +1,139 @@
+"""Measuring helpers shared by the benchmark scripts: timing, peak memory, machine.
+
+Peak memory is the growth of the process's peak resident set (CPU) or of
+``torch.cuda.max_memory_allocated`` (CUDA) over a baseline taken after the
+model and inputs exist, so it counts what one step allocates: activations,
+saved tensors, gradients, temporaries. On CPU each measurement runs in its
+own process, with glibc told to return large blocks to the OS when freed
+(``MALLOC_MMAP_THRESHOLD_``), so that RSS follows live memory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if (ROOT / "src" / "botnet").is_dir():  # benchmark the checkout this script sits in
+    sys.path.insert(0, str(ROOT / "src"))
+
+MIB = 1 << 20
+# Fixed mmap threshold: blocks over 128 KiB are mmapped and unmapped on free.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def _status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+class PeakMemory:
+    """Peak memory growth of the code run between ``start()`` and ``stop()`` (bytes)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return
+        # Reset the kernel's high-water mark (Linux >= 4.0), then start from the current RSS.
+        Path("/proc/self/clear_refs").write_text("5")
+        self.base = _status_kib("VmRSS") * 1024
+
+    def stop(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - self.base
+        return _status_kib("VmHWM") * 1024 - self.base
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    steps: dict[str, Callable[[], None]], device: torch.device, repeat: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each step, alternating between them on every round.
+
+    Interleaving spreads slow phases of a shared machine over all contenders
+    instead of penalising whichever ran during them; report medians.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeat):
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def run_worker(script: Path, args: list[str], timeout: float = 600) -> dict:
+    """Run ``script --worker ...`` in a fresh process; it prints one JSON line last."""
+    env = {**os.environ, **WORKER_ENV}
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"worker exit {proc.returncode}: {tail[0][:200]}"}
+    return json.loads(lines[-1])
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "device": str(device),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
