@@ -30,7 +30,7 @@ from torch import nn
 from .models.network import BoTNet, build_model
 from .models.spec import ModelSpec, StageSpec
 
-__all__ = ["atomic_write", "model_meta", "save_model", "save_checkpoint", "load_checkpoint", "load_model"]
+__all__ = ["atomic_write", "model_meta", "model_from_meta", "save_model", "save_checkpoint", "load_checkpoint", "load_model"]
 
 PathLike = str | os.PathLike[str]
 
@@ -77,7 +77,8 @@ def model_meta(model: BoTNet, **extra: Any) -> dict[str, Any]:
     return meta
 
 
-def _model_from_meta(meta: dict[str, Any]) -> BoTNet:
+def model_from_meta(meta: dict[str, Any]) -> BoTNet:
+    """A freshly initialised model from a :func:`model_meta` description."""
     spec_dict = dict(meta["spec"])
     spec_dict["stages"] = tuple(StageSpec(**stage) for stage in spec_dict["stages"])
     if isinstance(spec_dict.get("ref_img_size"), list):
@@ -149,6 +150,6 @@ def load_model(path: PathLike, map_location: str | torch.device = "cpu") -> tupl
         if not isinstance(checkpoint, dict) or "model" not in checkpoint or "meta" not in checkpoint:
             raise ValueError(f"{str(path)!r} is not a botnet checkpoint (needs 'model' and 'meta' entries)")
         state, meta = checkpoint["model"], checkpoint["meta"]
-    model: nn.Module = _model_from_meta(meta)
+    model: nn.Module = model_from_meta(meta)
     model.load_state_dict(state)
     return model.to(map_location).eval(), meta

@@ -120,3 +120,29 @@ register_model(
     "botnet26", ModelSpec(_small_stages((2, 2, 2, 2), (32, 64, 128, 256), 2), **_TINY,
                           description="BoTNet-26 at half width, small stem, c5 attends")
 )
+
+
+def _stride4_stages(planes: tuple[int, int, int, int], c5_attention: int) -> tuple[StageSpec, ...]:
+    # c2 and c3 downsample, c4 and c5 keep 1/4 of the input: the expensive full-resolution
+    # stage of the *_tiny models is gone (about 2x faster on a CPU), and c5 still attends
+    # over 7x7 positions at 28 px (8x8 at 32 px).
+    return (
+        StageSpec(1, planes[0], 2),
+        StageSpec(1, planes[1], 2),
+        StageSpec(1, planes[2], 1),
+        StageSpec(1, planes[3], 1, attention=c5_attention),
+    )
+
+
+# zero_init_last=False: with one block per stage, zero-initialised residual branches make the
+# network start as a near-linear chain of shortcut projections and learn several times slower
+# in short runs (digits at 16 px, 3 epochs, no augmentation: 92% with it, 99% without).
+_MINI = dict(stem="small", stem_width=32, ref_img_size=32, zero_init_last=False)
+register_model(
+    "resnet_mini", ModelSpec(_stride4_stages((16, 32, 64, 128), 0), **_MINI,
+                             description="small ResNet, output stride 4, for 16-32 px images (fast on CPU)")
+)
+register_model(
+    "botnet_mini", ModelSpec(_stride4_stages((16, 32, 64, 128), 1), **_MINI,
+                             description="small BoTNet, output stride 4: c5 attends over 7x7 at 28 px (fast on CPU)")
+)

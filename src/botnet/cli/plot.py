@@ -1,0 +1,36 @@
+"""``botnet plot DIR``: loss, accuracy and learning rate over epochs, from DIR/metrics.jsonl."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="PNG of a training run's loss, accuracy and learning rate over epochs",
+        description="Draw DIR/metrics.jsonl (written by `botnet train`) as one PNG with three panels.",
+    )
+    parser.add_argument("run_dir", metavar="DIR", help="a `botnet train` run directory (or a metrics.jsonl file)")
+    parser.add_argument("-o", "--out", metavar="PNG", help="output image (default DIR/curves.png)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..plots import plot_training_curves, read_metrics
+
+    source = Path(args.run_dir)
+    records = read_metrics(source)
+    run_dir = source if source.is_dir() else source.parent
+    title = run_dir.name
+    config = run_dir / "config.json"
+    if config.is_file():
+        settings = json.loads(config.read_text()).get("settings", {})
+        title = f"{settings.get('model', '?')} on {settings.get('dataset', '?')} ({run_dir.name})"
+    path = plot_training_curves(records, Path(args.out) if args.out else run_dir / "curves.png", title=title)
+    best = max(records, key=lambda r: r["val_acc"])
+    print(f"{path}: {len(records)} epochs, best val top-1 {100 * best['val_acc']:.2f}% at epoch {best['epoch']}")
+    return 0

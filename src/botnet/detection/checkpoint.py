@@ -1,0 +1,158 @@
+"""Detector configurations, and saving / loading detectors like classifiers.
+
+A detector is described by a :class:`DetectorConfig` (JSON-able) plus the
+exact backbone spec; the description ("meta") travels with the weights, as
+for classifiers (:mod:`botnet.checkpoint`), with ``"format":
+"botnet-detection"``:
+
+* ``*.safetensors``: weights, description in the metadata under ``"botnet"``;
+* ``*.pt``: a training checkpoint dict with at least ``"model"`` and ``"meta"``.
+
+A training run writes ``best.pt``, ``last.pt``, ``best.safetensors`` and
+``last.safetensors`` in its folder; :func:`load_detector` takes any of them
+or the folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import PathLike, model_from_meta, atomic_write, load_checkpoint
+from .backbone import botnet_fpn_backbone
+from .models import ANCHOR_SCALE, build_detector
+
+__all__ = ["DetectorConfig", "build_from_config", "detector_meta", "load_detector", "save_detector", "unwrap"]
+
+META_FORMAT = "botnet-detection"
+
+
+@dataclass
+class DetectorConfig:
+    """Everything that builds a detector (see :func:`botnet.detection.build_detector`).
+
+    ``detector_kwargs`` are torchvision MaskRCNN / FasterRCNN keywords
+    (``min_size``, ``max_size``, ``box_batch_size_per_image``, ...);
+    ``backbone_kwargs`` are :func:`botnet.create_model` overrides.
+    """
+
+    arch: str = "maskrcnn"
+    backbone: str = "botnet50"
+    num_classes: int = 91
+    norm: str = "bn"
+    trainable_layers: int = 5
+    returned_layers: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    fpn_channels: int = 256
+    box_head_size: int = 1024
+    mask_head_channels: int = 256
+    anchor_scale: float = ANCHOR_SCALE
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    detector_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DetectorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown detector config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def build_from_config(config: DetectorConfig, weights_backbone: Any = None, backbone_meta: dict | None = None) -> nn.Module:
+    """The detector of ``config``; ``backbone_meta`` (from a checkpoint) pins the exact backbone spec."""
+    if backbone_meta is not None:
+        model: Any = model_from_meta(backbone_meta)
+        model_kwargs: dict[str, Any] = {}
+    else:
+        model, model_kwargs = config.backbone, dict(config.backbone_kwargs)
+    with warnings.catch_warnings():
+        if backbone_meta is not None:  # weights come from the checkpoint, not from a ResNet
+            warnings.filterwarnings("ignore", message="trainable_layers=")
+        body = botnet_fpn_backbone(
+            model, weights=weights_backbone, trainable_layers=config.trainable_layers, norm_layer=config.norm,
+            returned_layers=config.returned_layers, out_channels=config.fpn_channels, **model_kwargs,
+        )
+    return build_detector(
+        config.arch, config.num_classes, body, box_head_size=config.box_head_size,
+        mask_head_channels=config.mask_head_channels, anchor_scale=config.anchor_scale, **config.detector_kwargs,
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model)."""
+    return getattr(model, "module", model)
+
+
+def detector_meta(model: nn.Module, config: DetectorConfig, **extra: Any) -> dict[str, Any]:
+    """The JSON-able description saved with a detector (plus ``extra``: class_names, category_ids, ...)."""
+    meta = {
+        "format": META_FORMAT,
+        "version": 1,
+        "config": dataclasses.asdict(config),
+        "backbone_meta": unwrap(model).backbone.body_meta,
+    }
+    meta.update(extra)
+    # Fails now, not at load time, if something is not JSON-able; and tuples become
+    # lists, so this equals the meta read back from a checkpoint.
+    return json.loads(json.dumps(meta))
+
+
+def save_detector(path: PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Atomically write the weights as safetensors with ``meta`` in the metadata."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"botnet": json.dumps(meta)}))
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        if not path.is_file():
+            raise FileNotFoundError(f"no weights file at {str(path)!r}")
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        if "botnet" not in metadata:
+            raise ValueError(f"{str(path)!r} has no botnet model description in its metadata")
+        return state, json.loads(metadata["botnet"])
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "meta" not in checkpoint:
+        raise ValueError(f"{str(path)!r} is not a botnet checkpoint (needs 'model' and 'meta' entries)")
+    return checkpoint["model"], checkpoint["meta"]
+
+
+def load_detector(path: PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a detector from ``.safetensors``, a ``.pt`` checkpoint or a run folder.
+
+    Returns:
+        (model in eval mode, meta dict).
+    """
+    path = Path(path)
+    if path.is_dir():
+        for candidate in ("best.safetensors", "last.safetensors", "best.pt", "last.pt"):
+            if (path / candidate).is_file():
+                path = path / candidate
+                break
+        else:
+            raise FileNotFoundError(f"no best/last .safetensors or .pt checkpoint in directory {str(path)!r}")
+    state, meta = _read(path)
+    if meta.get("format") != META_FORMAT:
+        raise ValueError(
+            f"{str(path)!r} holds a {meta.get('format', 'unknown')!r} model, not a detector "
+            "(train one with `botnet detect train`)"
+        )
+    config = DetectorConfig.from_dict(meta["config"])
+    if config.norm == "syncbn":  # same tensors; SyncBatchNorm needs a process group
+        config.norm = "bn"
+    model = build_from_config(config, backbone_meta=meta["backbone_meta"])
+    model.load_state_dict(state)
+    return model.to(map_location).eval(), meta

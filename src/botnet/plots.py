@@ -1,0 +1,109 @@
+"""PNG figures of training runs: learning curves and confusion matrices (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+__all__ = ["read_metrics", "plot_training_curves", "plot_confusion_matrix"]
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (or a run directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics file at {str(path)!r} (a `botnet train` run directory has metrics.jsonl)")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{str(path)!r} line {number} is not JSON: {err}") from None
+    if not records:
+        raise ValueError(f"{str(path)!r} has no epochs yet")
+    missing = {"epoch", "train_loss", "val_loss", "val_acc", "lr"} - set(records[0])
+    if missing:
+        raise ValueError(f"{str(path)!r} records lack {sorted(missing)}; is it a `botnet train` metrics file?")
+    return records
+
+
+def _figure(*args: Any, **kwargs: Any):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(*args, **kwargs)
+
+
+def plot_training_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Loss, accuracy and learning rate against epoch, side by side; returns the PNG path."""
+    plt, (fig, (ax_loss, ax_acc, ax_lr)) = _figure(1, 3, figsize=(13, 3.8))
+    epochs = [r["epoch"] for r in records]
+
+    def series(key: str) -> list[float] | None:
+        values = [r.get(key) for r in records]
+        return None if any(v is None for v in values) else values
+
+    ax_loss.plot(epochs, series("train_loss"), marker="o", ms=3, label="train (with label smoothing)")
+    ax_loss.plot(epochs, series("val_loss"), marker="o", ms=3, label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    if series("train_acc") is not None:
+        ax_acc.plot(epochs, [100 * v for v in series("train_acc")], marker="o", ms=3, label="train")
+    ax_acc.plot(epochs, [100 * v for v in series("val_acc")], marker="o", ms=3, label="validation top-1")
+    if series("raw_val_acc") is not None:
+        ax_acc.plot(epochs, [100 * v for v in series("raw_val_acc")], ls="--", label="validation, raw (no EMA)")
+    best = max(records, key=lambda r: r["val_acc"])
+    ax_acc.annotate(f"best {100 * best['val_acc']:.2f}%", (best["epoch"], 100 * best["val_acc"]),
+                    textcoords="offset points", xytext=(-40, -18))
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_lr.plot(epochs, series("lr"), marker="o", ms=3, color="tab:green")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate (end of epoch)", title="learning rate")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    ax_loss.legend()
+    ax_acc.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(
+    matrix: Tensor, class_names: Sequence[str], path: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """Row-normalised confusion matrix (rows: true class) with counts; returns the PNG path."""
+    counts = matrix.double()
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    n = len(class_names)
+    side = max(5.0, 0.55 * n + 2)
+    plt, (fig, ax) = _figure(figsize=(side + 1, side))
+    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j] > 0:
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
+                            color="white" if rates[i, j] > 0.5 else "black")
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
