@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import check_feature_map
@@ -76,11 +77,16 @@ class MHSA2d(nn.Module):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (scaled), k, v, each (B, heads, N, dim_head), in x's (autocast) dtype."""
-        batch, _, height, width = x.shape
-        qkv = self.qkv(x).reshape(batch, 3, self.heads, self.dim_head, height * width)
-        # Unbind before transposing: backward then stacks the three gradients
-        # straight into the convolution's layout (one copy, not two).
-        q, k, v = (t.transpose(-2, -1) for t in qkv.unbind(1))
+        batch, channels, height, width = x.shape
+        # The weight's rows are stored (q|k|v, head, d). Convolving with them
+        # reordered to (head, q|k|v, d) lays each of q, k, v out as
+        # (B, heads, d, N) with one stride over batch and heads, so batched
+        # matmuls read them without copies, and backward stacks their
+        # gradients straight into the convolution's layout.
+        weight = self.qkv.weight.view(3, self.heads, self.dim_head, channels).transpose(0, 1)
+        qkv = F.conv2d(x, weight.reshape(self.qkv.weight.shape))
+        qkv = qkv.view(batch, self.heads, 3, self.dim_head, height * width)
+        q, k, v = (t.transpose(-2, -1) for t in qkv.unbind(2))
         return q * self.scale, k, v
 
     def position_logits(self, q: Tensor, height: int, width: int) -> tuple[Tensor | None, Tensor | None]:
