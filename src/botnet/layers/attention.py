@@ -57,9 +57,7 @@ def attention_math(
         logits = logits.view(batch, heads, n, height, width) + bias_h[..., :, None] + bias_w[..., None, :]
         logits = logits.view(batch, heads, n, n)
     weights = logits.softmax(dim=-1)
-    # Computed as (v^T weights^T)^T: the same sums, laid out (.., dv, N), so a
-    # caller folding heads into channels, (B, heads * dv, H, W), gets a view.
-    out = (v.transpose(-2, -1) @ weights.to(v.dtype).transpose(-2, -1)).transpose(-2, -1)
+    out = weights.to(v.dtype) @ v
     return (out, weights) if return_weights else out
 
 
