@@ -148,7 +148,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 errors[name] = f"not installed ({exc.name}); pip install 'botnet[bench]'"
             except Exception as exc:  # a path this torch/device cannot run
                 errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        times = common.time_interleaved(steps, device, repeat=args.repeat)
+        # Small maps are quick and the most disturbed by other processes: more rounds.
+        rounds = args.repeat * (3 if size * size <= 256 else 1)
+        times = common.time_interleaved(steps, device, repeat=rounds)
         for name in args.impls:
             row = {"impl": name, "size": size, "batch": batch}
             if name in errors:
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="SIZE:BATCH pairs")
     parser.add_argument("--impls", nargs="+", default=None, help="default: all for the device")
-    parser.add_argument("--repeat", type=int, default=7, help="timed rounds per implementation")
+    parser.add_argument("--repeat", type=int, default=7, help="timed rounds per implementation (x3 up to 16x16)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dim-head", type=int, default=128)
