@@ -85,7 +85,7 @@ class MHSA2d(nn.Module):
         # gradients straight into the convolution's layout.
         weight = self.qkv.weight.view(3, self.heads, self.dim_head, channels).transpose(0, 1)
         qkv = F.conv2d(x, weight.reshape(self.qkv.weight.shape))
-        qkv = qkv.view(batch, self.heads, 3, self.dim_head, height * width)
+        qkv = qkv.reshape(batch, self.heads, 3, self.dim_head, height * width)
         q, k, v = (t.transpose(-2, -1) for t in qkv.unbind(2))
         return q * self.scale, k, v
 
