@@ -242,6 +242,21 @@ def print_table(rows: list[dict], title: str) -> None:
             console.print(f"[dim]{r['impl']} at {r['size']}x{r['size']}: {r.get('error') or r['memory_error']}[/dim]")
 
 
+def markdown(rows: list[dict]) -> str:
+    def fmt(row, key, spec):
+        return format(row[key], spec) if key in row else "-"
+
+    header = ["map", "batch", "impl", "fwd+bwd ms (best)", "median ms", "x floor", "x fastest peer", "peak MiB",
+              "x leanest peer"]  # fmt: skip
+    body = [
+        [f"{r['size']}x{r['size']}", str(r["batch"]), f"**{r['impl']}**" if r["impl"] == "ours/auto" else r["impl"],
+         fmt(r, "time_ms", ".1f"), fmt(r, "median_ms", ".1f"), fmt(r, "time_vs_floor", ".2f"),
+         fmt(r, "time_vs_fastest_peer", ".2f"), fmt(r, "peak_mib", ".0f"), fmt(r, "memory_vs_leanest_peer", ".3f")]
+        for r in rows if "error" not in r
+    ]  # fmt: skip
+    return common.markdown_table(header, body)
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -334,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     config = {"dim": args.dim, "heads": args.heads, "dim_head": args.dim_head, "repeat": args.repeat}
     common.write_json(out, {"machine": info, "config": config, "targets": targets, "results": rows})
     plot(rows, png, title)
-    print(f"wrote {out} and {png}")
+    out.with_suffix(".md").write_text(markdown(rows) + "\n" + "".join(f"- {line}\n" for line in targets))
+    print(f"wrote {out}, {png} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

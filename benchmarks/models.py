@@ -167,7 +167,24 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or common.ROOT / "benchmarks" / "results" / f"models_{device.type}.json"
     config = {"warmup": warmup, "steps": steps, "channels_last": args.channels_last, "precision": precision}
     common.write_json(out, {"machine": info, "config": config, "results": rows})
-    print(f"wrote {out}")
+    out.with_suffix(".md").write_text(markdown(rows))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["mode", "model", "px", "batch", "params", "img/s (best step)", "img/s (median)", "vs baseline",
+              "peak MiB"]  # fmt: skip
+    body = []
+    for r in rows:
+        if "error" in r:
+            body.append([r["mode"], r["model"], str(r["img_size"]), str(r["batch"]), "-", r["error"][:60], "", "", ""])
+            continue
+        ratio = f"{r['throughput_vs_baseline']:.2f}x {r['baseline']}" if "throughput_vs_baseline" in r else "-"
+        body.append([
+            r["mode"], r["model"], str(r["img_size"]), str(r["batch"]), f"{r['params'] / 1e6:.1f}M",
+            f"{r['img_per_s']:.1f}", f"{r['img_per_s_median']:.1f}", ratio, f"{r['peak_bytes'] / common.MIB:.0f}",
+        ])  # fmt: skip
+    return common.markdown_table(header, body)
 
 
 def print_table(rows: list[dict], title: str) -> None:
