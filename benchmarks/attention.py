@@ -266,7 +266,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     sizes = sorted({(r["size"], r["batch"]) for r in rows})
     labels = [f"{s}x{s}\nbatch {b}" for s, b in sizes]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, ylabel in ((axes[0], "time_ms", "forward + backward (ms)"), (axes[1], "peak_mib", "peak memory (MiB)")):
+    panels = ((axes[0], "time_vs_floor", "forward + backward time / matmul floor"),
+              (axes[1], "peak_mib", "peak memory (MiB, log scale)"))  # fmt: skip
+    for ax, key, ylabel in panels:
         for impl in dict.fromkeys(r["impl"] for r in rows):
             points = [(i, r[key]) for i, sb in enumerate(sizes) for r in rows
                       if r["impl"] == impl and (r["size"], r["batch"]) == sb and r.get(key, 0) > 0]  # fmt: skip
@@ -274,7 +276,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                 continue
             style = "--" if impl in PEERS else (":" if impl == "floor" else "-")
             ax.plot(*zip(*points), style, marker="o", label=impl, linewidth=2.4 if impl == "ours/auto" else 1.3)
-        ax.set_yscale("log")
+        if key == "peak_mib":
+            ax.set_yscale("log")
         ax.set_xticks(range(len(sizes)), labels)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
@@ -341,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = summarize(measure(args))
     info = common.machine_info(device)
     title = (f"BoTNet attention layer fwd+bwd, dim {args.dim}, {args.heads} heads x {args.dim_head}, "
-             f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}, {info.get('gpu', info['cpu'])}")  # fmt: skip
+             f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}, {info.get('gpu', info['cpu'])}, "
+             f"{info['torch_threads']} threads")  # fmt: skip
     print_table(rows, title)
     targets = check_targets(rows, device)
     for line in targets:
