@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dim-head", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/attention_<device>.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON (default benchmarks/results/attention_<device>.json)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: next to the JSON)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)

@@ -101,7 +101,8 @@ def worker(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({
-        "img_per_s": args.batch / min(times), "img_per_s_median": args.batch / common.median(times), "step_ms": [round(1e3 * t, 2) for t in times],
+        "img_per_s": args.batch / min(times), "img_per_s_median": args.batch / common.median(times),
+        "step_ms": [round(1e3 * t, 2) for t in times],
         "peak_bytes": peak, "warmup_s": warmup_s, "params": params,
     }))  # fmt: skip
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from botnet.layers import MHSA2d, attention_math, set_attention_backend
+from botnet.layers import MHSA2d, attention_math, attention_paths, set_attention_backend
 from botnet.layers.attention_paths import (
     BACKENDS,
     attention_chunked,
@@ -111,10 +111,11 @@ def test_flex_score_mod_matches_reference_forward_cpu():
     assert _rel_err(out, attention_math(*inputs)) < 1e-5
 
 
+@pytest.mark.parametrize("pos_emb", ["relative", "absolute", "none"])
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "flex"])
-def test_mhsa_backends_agree_with_math(backend):
+def test_mhsa_backends_agree_with_math(backend, pos_emb):
     torch.manual_seed(0)
-    layer = MHSA2d(16, heads=2, dim_head=8, ref_size=4, backend="math")
+    layer = MHSA2d(16, heads=2, dim_head=8, pos_emb=pos_emb, ref_size=4, backend="math")
     x = torch.randn(2, 16, 5, 6, requires_grad=True)
     grad_out = torch.randn(2, 16, 5, 6)
     ref = layer(x)
@@ -125,6 +126,15 @@ def test_mhsa_backends_agree_with_math(backend):
     assert _rel_err(out, ref) < 1e-5
     for got, want in zip(grads, ref_grads):
         assert _rel_err(got, want) < 1e-5
+
+
+def test_mhsa_chunked_gradcheck_float64_through_layer(monkeypatch):
+    # Through projection, position tables and several chunks (N = 12, chunks of 5 rows).
+    monkeypatch.setattr(attention_paths, "CHUNK_ELEMENTS", 2 * 12 * 5)  # heads * N * rows
+    torch.manual_seed(0)
+    layer = MHSA2d(4, heads=2, dim_head=2, ref_size=3, backend="chunked").double()
+    x = torch.randn(1, 4, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
 
 
 def test_mhsa_chunked_under_cpu_autocast_keeps_float32_logits():
