@@ -30,7 +30,7 @@ from torch import nn
 from .models.network import BoTNet, build_model
 from .models.spec import ModelSpec, StageSpec
 
-__all__ = ["atomic_write", "model_meta", "model_from_meta", "save_model", "save_checkpoint", "load_checkpoint", "load_model"]
+__all__ = ["atomic_write", "model_meta", "model_from_meta", "resolve_checkpoint_path", "read_weights_and_meta", "save_model", "save_checkpoint", "load_checkpoint", "load_model"]
 
 PathLike = str | os.PathLike[str]
 
@@ -120,20 +120,20 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
         ) from None
 
 
-def load_model(path: PathLike, map_location: str | torch.device = "cpu") -> tuple[BoTNet, dict[str, Any]]:
-    """Rebuild a model and its description from ``.safetensors`` or a ``.pt`` checkpoint.
-
-    Returns:
-        (model in eval mode, meta dict).
-    """
+def resolve_checkpoint_path(path: PathLike) -> Path:
+    """``path`` itself, or for a run directory its best/last .safetensors or .pt file."""
     path = Path(path)
-    if path.is_dir():
-        for candidate in ("best.safetensors", "last.safetensors", "best.pt", "last.pt"):
-            if (path / candidate).is_file():
-                path = path / candidate
-                break
-        else:
-            raise FileNotFoundError(f"no best/last .safetensors or .pt checkpoint in directory {str(path)!r}")
+    if not path.is_dir():
+        return path
+    for candidate in ("best.safetensors", "last.safetensors", "best.pt", "last.pt"):
+        if (path / candidate).is_file():
+            return path / candidate
+    raise FileNotFoundError(f"no best/last .safetensors or .pt checkpoint in directory {str(path)!r}")
+
+
+def read_weights_and_meta(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, description) from a ``.safetensors`` file or a ``.pt`` checkpoint, never unpickling."""
+    path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -144,12 +144,20 @@ def load_model(path: PathLike, map_location: str | torch.device = "cpu") -> tupl
             state = {key: handle.get_tensor(key) for key in handle.keys()}
         if "botnet" not in metadata:
             raise ValueError(f"{str(path)!r} has no botnet model description in its metadata")
-        meta = json.loads(metadata["botnet"])
-    else:
-        checkpoint = load_checkpoint(path)
-        if not isinstance(checkpoint, dict) or "model" not in checkpoint or "meta" not in checkpoint:
-            raise ValueError(f"{str(path)!r} is not a botnet checkpoint (needs 'model' and 'meta' entries)")
-        state, meta = checkpoint["model"], checkpoint["meta"]
+        return state, json.loads(metadata["botnet"])
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "meta" not in checkpoint:
+        raise ValueError(f"{str(path)!r} is not a botnet checkpoint (needs 'model' and 'meta' entries)")
+    return checkpoint["model"], checkpoint["meta"]
+
+
+def load_model(path: PathLike, map_location: str | torch.device = "cpu") -> tuple[BoTNet, dict[str, Any]]:
+    """Rebuild a model and its description from ``.safetensors``, a ``.pt`` checkpoint or a run directory.
+
+    Returns:
+        (model in eval mode, meta dict).
+    """
+    state, meta = read_weights_and_meta(resolve_checkpoint_path(path))
     model: nn.Module = model_from_meta(meta)
     model.load_state_dict(state)
     return model.to(map_location).eval(), meta

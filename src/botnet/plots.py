@@ -73,12 +73,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | os.PathL
     ax_acc.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_confusion_matrix(
@@ -101,6 +96,11 @@ def plot_confusion_matrix(
         ax.set_xticks(range(n), class_names, rotation=45, ha="right")
         ax.set_yticks(range(n), class_names)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG (creating the folder), close it, return the path."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,13 +19,18 @@ import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..checkpoint import PathLike, model_from_meta, atomic_write, load_checkpoint
+from ..checkpoint import (
+    PathLike,
+    atomic_write,
+    model_from_meta,
+    read_weights_and_meta,
+    resolve_checkpoint_path,
+)
 from .backbone import botnet_fpn_backbone
 from .models import ANCHOR_SCALE, build_detector
 
@@ -112,39 +117,14 @@ def save_detector(path: PathLike, model: nn.Module, meta: dict[str, Any]) -> Non
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"botnet": json.dumps(meta)}))
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        if not path.is_file():
-            raise FileNotFoundError(f"no weights file at {str(path)!r}")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-        if "botnet" not in metadata:
-            raise ValueError(f"{str(path)!r} has no botnet model description in its metadata")
-        return state, json.loads(metadata["botnet"])
-    checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "meta" not in checkpoint:
-        raise ValueError(f"{str(path)!r} is not a botnet checkpoint (needs 'model' and 'meta' entries)")
-    return checkpoint["model"], checkpoint["meta"]
-
-
 def load_detector(path: PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a detector from ``.safetensors``, a ``.pt`` checkpoint or a run folder.
 
     Returns:
         (model in eval mode, meta dict).
     """
-    path = Path(path)
-    if path.is_dir():
-        for candidate in ("best.safetensors", "last.safetensors", "best.pt", "last.pt"):
-            if (path / candidate).is_file():
-                path = path / candidate
-                break
-        else:
-            raise FileNotFoundError(f"no best/last .safetensors or .pt checkpoint in directory {str(path)!r}")
-    state, meta = _read(path)
+    path = resolve_checkpoint_path(path)
+    state, meta = read_weights_and_meta(path)
     if meta.get("format") != META_FORMAT:
         raise ValueError(
             f"{str(path)!r} holds a {meta.get('format', 'unknown')!r} model, not a detector "
