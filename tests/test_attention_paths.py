@@ -161,6 +161,11 @@ def test_auto_resolves_by_size_and_device():
         MHSA2d(16, heads=2, dim_head=8, backend="fast")
 
 
+def test_auto_is_the_traceable_reference_under_compile(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert resolve_backend("auto", torch.zeros(2, 4, 4096, 8)) == "math"
+
+
 def test_set_attention_backend_reaches_every_layer():
     model = create_model("botnet_tiny", num_classes=3)
     assert set_attention_backend(model, "chunked") == 1

@@ -28,7 +28,8 @@ hold in memory and which kernels run:
     compiled kernel, so nothing of size N^2 is ever stored. CUDA only here.
 ``auto``
     ``math`` while the logits are small, ``chunked`` beyond that on CPU,
-    ``sdpa`` on CUDA (see :func:`resolve_backend`).
+    ``sdpa`` on CUDA; ``math`` under torch.compile, tracing and export (see
+    :func:`resolve_backend`).
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ from torch.autograd.function import once_differentiable
 from .attention import attention_math
 
 __all__ = [
+    "ATTENTION_PATHS",
     "BACKENDS",
     "attention_chunked",
     "attention_flex",
     "attention_sdpa",
-    "attention_with",
+    "flex_available",
     "full_bias",
     "resolve_backend",
 ]
@@ -313,15 +315,3 @@ def resolve_backend(backend: str, q: Tensor, n_keys: int | None = None) -> str:
     if batch * heads * n * (n_keys or n) <= AUTO_MATH_MAX_ELEMENTS:
         return "math"
     return "sdpa" if q.is_cuda else "chunked"
-
-
-def attention_with(
-    backend: str,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    bias_h: Tensor | None = None,
-    bias_w: Tensor | None = None,
-) -> Tensor:
-    """Run the attention path named ``backend`` (``auto`` resolved here)."""
-    return ATTENTION_PATHS[resolve_backend(backend, q, k.shape[2])](q, k, v, bias_h, bias_w)
