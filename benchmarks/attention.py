@@ -208,6 +208,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def fmt(row: dict, key: str, spec: str) -> str:
+    """``row[key]`` formatted with ``spec``, or "-" where it was not measured."""
+    return format(row[key], spec) if key in row else "-"
+
+
 def print_table(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -216,9 +221,6 @@ def print_table(rows: list[dict], title: str) -> None:
     for col in ("map", "batch", "impl", "fwd+bwd ms", "median ms", "x floor", "x fastest peer", "peak MiB",
                 "x leanest peer"):
         table.add_column(col, justify="left" if col == "impl" else "right")
-
-    def fmt(row, key, spec):
-        return format(row[key], spec) if key in row else "-"
 
     last_size = None
     for r in rows:
@@ -243,9 +245,6 @@ def print_table(rows: list[dict], title: str) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    def fmt(row, key, spec):
-        return format(row[key], spec) if key in row else "-"
-
     header = ["map", "batch", "impl", "fwd+bwd ms (best)", "median ms", "x floor", "x fastest peer", "peak MiB",
               "x leanest peer"]  # fmt: skip
     body = [
@@ -317,8 +316,7 @@ def check_targets(rows: list[dict], device: torch.device) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = common.make_parser(__doc__)
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="SIZE:BATCH pairs")
     parser.add_argument("--impls", nargs="+", default=None, help="default: all for the device")
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds per implementation (x3 up to 16x16)")
@@ -328,18 +326,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON (default benchmarks/results/attention_<device>.json)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: next to the JSON)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but no CUDA device is available")
+    device = common.device_from(parser, args)
     args.impls = args.impls or default_impls(device)
-    out = args.out or common.ROOT / "benchmarks" / "results" / f"attention_{device.type}.json"
+    out = args.out or common.results_path("attention", device)
     png = args.plot or out.with_suffix(".png")
 
     rows = summarize(measure(args))

@@ -10,6 +10,7 @@ own process, with glibc told to return large blocks to the OS when freed
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -133,6 +134,27 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: ``--device`` and the hidden ``--worker`` that marks a measuring subprocess."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def device_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    """``args.device``, or a parser error if it names CUDA and there is none."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda given but no CUDA device is available")
+    return device
+
+
+def results_path(name: str, device: torch.device) -> Path:
+    """Default JSON path: ``benchmarks/results/<name>_<device type>.json``."""
+    return ROOT / "benchmarks" / "results" / f"{name}_{device.type}.json"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -108,8 +108,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = common.make_parser(__doc__)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
     parser.add_argument("--batch-224", type=int, default=None, help="batch at 224 px")
@@ -119,7 +118,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per (model, mode)")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/models_<device>.json)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--img-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -127,9 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         return worker(args)
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but no CUDA device is available")
+    device = common.device_from(parser, args)
     batch_224, batch_32, warmup, steps = DEFAULTS[device.type]
     batch_224, batch_32 = args.batch_224 or batch_224, args.batch_32 or batch_32
     warmup, steps = args.warmup or warmup, args.steps or steps
@@ -165,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     title = (f"Training step (fwd+loss+bwd+SGD), {precision}, "
              f"{'channels_last' if args.channels_last else 'NCHW'}, {info.get('gpu', info['cpu'])}")  # fmt: skip
     print_table(rows, title)
-    out = args.out or common.ROOT / "benchmarks" / "results" / f"models_{device.type}.json"
+    out = args.out or common.results_path("models", device)
     config = {"warmup": warmup, "steps": steps, "channels_last": args.channels_last, "precision": precision}
     common.write_json(out, {"machine": info, "config": config, "results": rows})
     out.with_suffix(".md").write_text(markdown(rows))
