@@ -410,7 +410,7 @@ def test_detector_save_load_round_trip(tmp_path):
 CLI_MODEL = [
     "--backbone", "botnet_tiny", "--returned-layers", "2", "3", "4", "--fpn-channels", "32", "--box-head-size", "64",
     "--mask-head-channels", "16", "--box-batch-size", "64", "--rpn-post-nms-train", "200",
-    "--min-size", "64", "--max-size", "96", "--workers", "0", "--batch-size", "4", "--warmup-iters", "2",
+    "--min-size", "64", "--max-size", "96", "--workers", "0", "--batch-size", "4", "--warmup-epochs", "1",
 ]
 
 
@@ -423,19 +423,26 @@ def test_cli_train_resume_eval_predict(tmp_path, capsys):
     assert main(["detect", "make-synthetic", str(data), "--train", "8", "--val", "4", "--min-size", "64",
                  "--max-size", "96"]) == 0
     train = ["detect", "train", "--data", str(data), "--out", str(run), *CLI_MODEL]
-    assert main([*train, "--epochs", "1"]) == 0
-    first = json.loads((run / "metrics.json").read_text())
-    assert [r["epoch"] for r in first] == [1] and "bbox_AP" in first[0] and "segm_AP" in first[0]
-    assert {"best.pt", "last.pt", "best.safetensors", "last.safetensors"} <= {p.name for p in run.iterdir()}
-    assert not [p for p in run.iterdir() if p.suffix == ".tmp"]
+    assert main([*train, "--epochs", "1", "--no-progress"]) == 0
 
-    # Resuming continues after epoch 1 with the optimizer state; other model options are refused.
-    assert main([*train, "--epochs", "2", "--resume"]) == 0
-    assert "resuming from" in capsys.readouterr().out
-    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
-    assert main([*train, "--epochs", "3", "--resume", "--fpn-channels", "16"]) == 2
-    assert "fpn_channels: checkpoint 32, now 16" in capsys.readouterr().err
-    assert main([*train, "--epochs", "2", "--resume"]) == 2  # nothing left to do
+    def epochs() -> list[dict]:
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    first = epochs()
+    assert [r["epoch"] for r in first] == [1] and "bbox_AP" in first[0] and "segm_AP" in first[0]
+    assert {"best.pt", "last.pt", "best.safetensors", "last.safetensors", "config.json", "manifest.json"} <= {
+        p.name for p in run.iterdir()}
+    assert not [p for p in run.iterdir() if p.suffix == ".tmp"]
+    assert json.loads((run / "config.json").read_text())["task"] == "detection"
+
+    # Resuming continues after epoch 1 with the run's own settings (none repeated here) and the
+    # optimizer state; other model options are refused.
+    assert main(["detect", "train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert [r["epoch"] for r in epochs()] == [1, 2]
+    assert main(["detect", "train", "--resume", str(run), "--epochs", "3", "--fpn-channels", "16"]) == 2
+    assert "cannot change fpn_channels when resuming (32 in the checkpoint, 16 given)" in capsys.readouterr().err
+    assert main(["detect", "train", "--resume", str(run), "--epochs", "2"]) == 2  # nothing left to do
     assert "already finished 2 epochs" in capsys.readouterr().err
 
     metrics_file = tmp_path / "metrics.json"

@@ -19,10 +19,21 @@ class CommandError(Exception):
     """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad option reported in one line (what was expected, what came), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="botnet", description="Bottleneck Transformers (BoTNet): build, inspect, train and use."
     )
     parser.add_argument("--version", action="version", version=f"botnet {__version__}")
@@ -45,9 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError) as err:
-        print(f"botnet {args.command}: error: {err}", file=sys.stderr)
+    except (CommandError, ValueError, OSError, FloatingPointError) as err:
+        # User-facing failures: bad values, missing or damaged files, unwritable paths, a
+        # diverging loss. Each is one line that names the cause; anything else is a bug and
+        # keeps its traceback.
+        print(f"{_prog(args)}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if type(err).__name__ != "OutOfMemoryError":
+            raise
+        print(f"{_prog(args)}: error: out of memory ({_one_line(err)[:200]}); lower --batch-size or the image size",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"botnet {args.command}: interrupted", file=sys.stderr)
+        print(f"{_prog(args)}: interrupted", file=sys.stderr)
         return 130
+
+
+def _prog(args: argparse.Namespace) -> str:
+    return f"botnet {args.command}"

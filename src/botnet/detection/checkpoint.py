@@ -25,11 +25,13 @@ import torch
 from torch import nn
 
 from ..checkpoint import (
+    CheckpointError,
     PathLike,
     atomic_write,
     model_from_meta,
     read_weights_and_meta,
     resolve_checkpoint_path,
+    write_safetensors,
 )
 from .backbone import botnet_fpn_backbone
 from .models import ANCHOR_SCALE, build_detector
@@ -111,10 +113,7 @@ def detector_meta(model: nn.Module, config: DetectorConfig, **extra: Any) -> dic
 
 def save_detector(path: PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
     """Atomically write the weights as safetensors with ``meta`` in the metadata."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"botnet": json.dumps(meta)}))
+    atomic_write(path, lambda tmp: write_safetensors(tmp, unwrap(model).state_dict(), meta))
 
 
 def load_detector(path: PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -130,9 +129,17 @@ def load_detector(path: PathLike, map_location: str | torch.device = "cpu") -> t
             f"{str(path)!r} holds a {meta.get('format', 'unknown')!r} model, not a detector "
             "(train one with `botnet detect train`)"
         )
-    config = DetectorConfig.from_dict(meta["config"])
+    try:
+        config = DetectorConfig.from_dict(meta["config"])
+        backbone_meta = meta["backbone_meta"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{str(path)!r} has an incomplete detector description ({err})") from None
     if config.norm == "syncbn":  # same tensors; SyncBatchNorm needs a process group
         config.norm = "bn"
-    model = build_from_config(config, backbone_meta=meta["backbone_meta"])
-    model.load_state_dict(state)
+    model = build_from_config(config, backbone_meta=backbone_meta)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{str(path)!r}: the weights do not fit the detector it describes "
+                              f"({str(err).splitlines()[0]})") from None
     return model.to(map_location).eval(), meta

@@ -44,6 +44,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..images import read_image
+
 __all__ = [
     "SHAPE_CLASSES",
     "CocoDetection",
@@ -99,6 +101,8 @@ class CocoDetection(Dataset):
         train: random horizontal flips (torchvision transforms v2).
         with_masks: decode instance masks (Mask R-CNN); also drops
             annotations without a usable mask (see the module docstring).
+        limit: use only the first ``limit`` images (by id); all annotations
+            are still checked.
 
     Items:
         image (3, H, W) float in [0, 1], and a target dict with ``boxes``
@@ -112,7 +116,8 @@ class CocoDetection(Dataset):
         report: Counter of what was clipped or dropped, by reason.
     """
 
-    def __init__(self, images: PathLike, annotations: PathLike, *, train: bool = False, with_masks: bool = True) -> None:
+    def __init__(self, images: PathLike, annotations: PathLike, *, train: bool = False, with_masks: bool = True,
+                 limit: int | None = None) -> None:
         require_pycocotools()
         from pycocotools.coco import COCO
 
@@ -138,6 +143,10 @@ class CocoDetection(Dataset):
         self.image_ids = sorted(self.coco.imgs)
         self.report: Counter[str] = Counter()
         self._targets = self._check_annotations()
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"limit must be at least 1 image, got {limit}")
+            self.image_ids = self.image_ids[:limit]
         self.flip = v2.RandomHorizontalFlip(0.5) if train else None
 
     def _check_annotations(self) -> dict[int, list[dict[str, Any]]]:
@@ -217,11 +226,16 @@ class CocoDetection(Dataset):
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         path = self.images / info["file_name"]
-        with Image.open(path) as pil:
-            pil = pil.convert("RGB")
-        if pil.size != (info["width"], info["height"]):
+        pixels = read_image(path, 3)  # the package's one reader: orientation, 16-bit, alpha, modes
+        if tuple(pixels.shape[1:]) != (info["height"], info["width"]):
+            # Annotations drawn on the stored pixels of an image with an EXIF rotation (as
+            # detectron2 does: honour EXIF, unless only the stored frame matches the annotation).
+            stored = read_image(path, 3, orient=False)
+            if tuple(stored.shape[1:]) == (info["height"], info["width"]):
+                pixels = stored
+        if tuple(pixels.shape[1:]) != (info["height"], info["width"]):
             raise ValueError(
-                f"{path}: image is {pil.size[0]}x{pil.size[1]} (WxH) but {self.source} says "
+                f"{path}: image is {pixels.shape[2]}x{pixels.shape[1]} (WxH) but {self.source} says "
                 f"{info['width']}x{info['height']}"
             )
         height, width = info["height"], info["width"]
@@ -242,7 +256,7 @@ class CocoDetection(Dataset):
                     "mask has no pixel inside the image", stacklevel=2,
                 )
                 boxes, labels, masks = boxes[has_pixels], labels[has_pixels], masks[has_pixels]
-        image = v2.functional.to_dtype(v2.functional.to_image(pil), torch.float32, scale=True)
+        image = v2.functional.to_dtype(tv_tensors.Image(pixels), torch.float32, scale=True)
         target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
         target["labels"] = labels
         if masks is not None:

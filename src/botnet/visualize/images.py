@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..images import read_pil
 
 __all__ = ["load_image", "resized_size", "to_model_input", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -19,39 +20,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def load_image(path: str | os.PathLike[str], channels: int = 3) -> np.ndarray:
     """Read an image file as float32 in [0, 1], (H, W, channels).
 
-    Any mode PIL reads is converted: grayscale is repeated for 3 channels,
-    colour averaged to luminance for 1 channel, transparency composited onto
-    white (RGBA, LA, palette with transparency).
+    The package's one reader (:func:`botnet.images.read_pil`: EXIF
+    orientation, first frame, 16-bit scaled by its range, transparency
+    composited onto white, every Pillow mode), as float.
 
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not an image PIL can read, or ``channels``
             is not 1 or 3.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    if channels not in (1, 3):
-        raise ValueError(f"images can be read for models with 1 or 3 input channels, not {channels}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file at {str(path)!r}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read {str(path)!r} as an image: {err}") from None
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: PIL's convert("L") would clip, so scale by the range.
-        array = np.asarray(image, dtype=np.float32)
-        image = Image.fromarray((255 * array / max(float(array.max()), 1.0)).astype(np.uint8))
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    image = image.convert("L" if channels == 1 else "RGB")
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = np.asarray(read_pil(path, channels), dtype=np.float32) / 255.0
     return array[..., None] if channels == 1 else array
 
 

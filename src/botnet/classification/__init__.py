@@ -1,0 +1,27 @@
+"""Image classification: data, training, evaluation and prediction with BoTNets.
+
+The same file names as :mod:`botnet.detection` where they do the same job:
+``data``, ``train`` (``TrainConfig`` + ``train(config, resume=...)``),
+``evaluate``, ``predict``. Both trainers run on :mod:`botnet.training`.
+"""
+
+from .data import DATASETS, ImageData, build_data
+from .evaluate import EvalResult, evaluate, evaluate_checkpoint
+from .predict import Preprocessing, classify_files, predict_topk, preprocessing_from_meta
+from .train import ClassificationTrainer, TrainConfig, train
+
+__all__ = [
+    "DATASETS",
+    "ClassificationTrainer",
+    "EvalResult",
+    "ImageData",
+    "Preprocessing",
+    "TrainConfig",
+    "build_data",
+    "classify_files",
+    "evaluate",
+    "evaluate_checkpoint",
+    "predict_topk",
+    "preprocessing_from_meta",
+    "train",
+]

@@ -1,0 +1,453 @@
+"""Datasets for training and evaluation: built-in digits, Fashion-MNIST, image folders.
+
+Every builder returns an :class:`ImageData`: a train and a validation
+``Dataset`` yielding ``(image (C, H, W) float32 normalised, label int)``,
+plus the class names, channels and normalisation, so the trainer and the
+evaluator never special-case a dataset.
+
+* ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits (shipped with
+  scikit-learn, no download), a fixed stratified 80/20 split (seed 0).
+* ``fashion-mnist``: the real IDX files (60,000 train / 10,000 test; the
+  test set is the validation set), e.g. from Debian's ``dataset-fashion-mnist``.
+* ``folder``: torchvision ``ImageFolder`` layout ``DIR/train/<class>/*`` and
+  ``DIR/val/<class>/*`` (or only ``DIR/<class>/*``, split 80/20 with a fixed
+  seed). Unreadable images are found by a scan before training, reported by
+  path and skipped (``bad_images="skip"``) or stop the run
+  (``bad_images="error"``); an image that still fails to decode later stops
+  the run with its path. Never a silently wrong label.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..images import find_unreadable, read_image
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "ImageData",
+    "InMemoryImages",
+    "build_data",
+    "build_transforms",
+    "read_idx",
+    "load_digits_tensors",
+    "load_fashion_mnist_tensors",
+    "scan_images",
+]
+
+DATASETS = ("digits", "fashion-mnist", "folder")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+DEFAULT_IMG_SIZE = {"digits": 32, "fashion-mnist": 28, "folder": 64}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageData:
+    """A classification dataset ready for training.
+
+    Attributes:
+        train, val: datasets of ``(image (C, H, W) float32, label)``.
+        class_names: one name per label index.
+        in_chans: image channels.
+        img_size: (H, W) of every image fed to the model.
+        mean, std: per-channel normalisation applied by the transforms.
+        info: JSON-able facts for config.json (sources, counts, skipped files).
+    """
+
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+    in_chans: int
+    img_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class InMemoryImages(Dataset):
+    """Images held as one uint8 tensor (N, C, H, W) with int64 labels (N,)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"expected {images.shape[0]} labels, got shape {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.long()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from torchvision import tv_tensors
+
+        image = tv_tensors.Image(self.images[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image.as_subclass(Tensor), int(self.labels[index])
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def build_transforms(
+    train: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    img_size: tuple[int, int],
+    aug: str = "basic",
+    flip: bool = True,
+    from_files: bool = False,
+) -> Callable:
+    """torchvision v2 transforms: augmentation (train only), then float + normalise.
+
+    Args:
+        aug: ``"none"``, ``"basic"`` (random crop with padding or random
+            resized crop, plus flips where ``flip``) or ``"randaugment"``
+            (basic + RandAugment).
+        flip: horizontal flips are label-preserving (not for digits).
+        from_files: inputs are uint8 images of any size (image folders), so
+            resize (eval) or random-resized-crop (train) to ``img_size``.
+    """
+    from torchvision.transforms import v2
+
+    steps: list[Callable] = []
+    if from_files:
+        steps.append(v2.ToImage())
+        if train and aug != "none":
+            steps.append(v2.RandomResizedCrop(img_size, scale=(0.35, 1.0), antialias=True))
+        else:
+            steps += [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]
+    if train and aug != "none":
+        if not from_files:
+            if flip:
+                steps.append(v2.RandomCrop(img_size, padding=max(1, img_size[0] // 14)))
+            else:
+                # Digits: no flips; small shifts, rotations and scale changes keep the label.
+                steps.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
+        if flip:
+            steps.append(v2.RandomHorizontalFlip())
+        if aug == "randaugment":
+            steps.append(v2.RandAugment(num_ops=2, magnitude=9))
+        elif aug != "basic":
+            raise ValueError(f"aug must be 'none', 'basic' or 'randaugment', got {aug!r}")
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float().div_(255)
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+
+
+def _resize_uint8(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize a whole uint8 batch once (bilinear), instead of per sample per epoch."""
+    if tuple(images.shape[-2:]) == size:
+        return images
+    resized = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _in_memory(
+    name: str,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    class_names: Sequence[str],
+    img_size: tuple[int, int],
+    aug: str,
+    flip: bool,
+    info: dict[str, Any],
+    norm: tuple[Sequence[float], Sequence[float]] | None,
+) -> ImageData:
+    train_images = _resize_uint8(train[0], img_size)
+    val_images = _resize_uint8(val[0], img_size)
+    # From the training split only, unless given (evaluating a model with its own normalisation).
+    mean, std = _channel_stats(train_images) if norm is None else (tuple(norm[0]), tuple(norm[1]))
+    return ImageData(
+        train=InMemoryImages(train_images, train[1], build_transforms(True, mean, std, img_size, aug, flip)),
+        val=InMemoryImages(val_images, val[1], build_transforms(False, mean, std, img_size, aug, flip)),
+        class_names=list(class_names),
+        in_chans=train_images.shape[1],
+        img_size=img_size,
+        mean=mean,
+        std=std,
+        info={"dataset": name, "train_size": len(train[1]), "val_size": len(val[1]), **info},
+    )
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def load_digits_tensors(val_fraction: float = 0.2, seed: int = 0) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """scikit-learn's digits as uint8 (N, 1, 8, 8) images; a fixed stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).mul(255.0 / 16.0).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).long()
+    train_idx, val_idx = train_test_split(
+        range(len(labels)), test_size=val_fraction, random_state=seed, stratify=digits.target
+    )
+    train_idx, val_idx = torch.tensor(train_idx), torch.tensor(val_idx)
+    return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+
+
+# --------------------------------------------------------------------------- IDX (MNIST format)
+
+_IDX_DTYPES = {0x08: torch.uint8, 0x09: torch.int8, 0x0B: torch.int16, 0x0C: torch.int32, 0x0D: torch.float32,
+               0x0E: torch.float64}
+
+
+def read_idx(path: str | os.PathLike[str]) -> Tensor:
+    """Read an IDX file (the MNIST format), gzipped or not, into a tensor.
+
+    Header: two zero bytes, a type code, the number of dimensions, then one
+    big-endian uint32 per dimension; the data follow, big-endian.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{str(path)!r} is not an IDX file (bad magic number {data[:4].hex()})")
+    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    offset = 4 + 4 * ndim
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    expected = itemsize
+    for dim in shape:
+        expected *= dim
+    if len(data) - offset != expected:
+        raise ValueError(f"{str(path)!r}: header says shape {shape} ({expected} bytes) but {len(data) - offset} follow")
+    array = torch.frombuffer(bytearray(data[offset:]), dtype=dtype)
+    if itemsize > 1 and struct.pack("=H", 1) == struct.pack("<H", 1):  # IDX is big-endian
+        array = array.view(torch.uint8).view(-1, itemsize).flip(1).contiguous().view(dtype).view(-1)
+    return array.reshape(shape)
+
+
+def _find_idx(data_dir: Path, stem: str) -> Path:
+    for candidate in (data_dir / f"{stem}.gz", data_dir / stem):
+        if candidate.is_file():
+            return candidate
+    hint = f" (install it with `{FASHION_MNIST_INSTALL}`)" if str(data_dir) == FASHION_MNIST_DIR else ""
+    raise FileNotFoundError(
+        f"Fashion-MNIST file {str(data_dir / stem)!r}[.gz] not found{hint}; it needs "
+        f"{', '.join(s for pair in FASHION_MNIST_FILES.values() for s in pair)} (.gz or not) in --data-dir "
+        f"(default {FASHION_MNIST_DIR}, filled by `{FASHION_MNIST_INSTALL}`)"
+    )
+
+
+def load_fashion_mnist_tensors(data_dir: str | os.PathLike[str] = FASHION_MNIST_DIR) -> dict[str, tuple[Tensor, Tensor]]:
+    """{"train": (uint8 (60000, 1, 28, 28), labels), "test": (uint8 (10000, 1, 28, 28), labels)}."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"Fashion-MNIST directory {str(data_dir)!r} does not exist; install the real data with "
+            f"`{FASHION_MNIST_INSTALL}` (files go to {FASHION_MNIST_DIR}) or pass --data-dir"
+        )
+    splits = {}
+    for split, (image_stem, label_stem) in FASHION_MNIST_FILES.items():
+        images = read_idx(_find_idx(data_dir, image_stem))
+        labels = read_idx(_find_idx(data_dir, label_stem))
+        if images.dim() != 3 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"{split} files in {str(data_dir)!r} disagree: images {tuple(images.shape)}, labels {tuple(labels.shape)}"
+            )
+        if labels.numel() and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+            raise ValueError(f"{split} labels in {str(data_dir)!r} go up to {int(labels.max())}; expected 0..9")
+        splits[split] = (images.unsqueeze(1).to(torch.uint8), labels.long())
+    return splits
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def scan_images(paths: Sequence[str], channels: int = 3, workers: int = 0) -> list[tuple[str, str]]:
+    """[(path, reason)] for every file that cannot be decoded completely (:func:`botnet.images.find_unreadable`)."""
+    return find_unreadable(paths, channels, workers)
+
+
+class _Samples(Dataset):
+    """(path, label) samples read by :func:`botnet.images.read_image`; a decoding failure names the file."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable, channels: int) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from torchvision import tv_tensors
+
+        path, label = self.samples[index]
+        try:
+            image = read_image(path, self.channels)
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f"{err} (label {label})") from None
+        return self.transform(tv_tensors.Image(image)).as_subclass(Tensor), label
+
+
+def _folder_samples(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    from torchvision.datasets import ImageFolder
+
+    try:
+        folder = ImageFolder(str(root), loader=lambda path: path, allow_empty=False)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise FileNotFoundError(
+            f"image folder {str(root)!r}: {err} (expected one sub-directory per class holding images)"
+        ) from None
+    return folder.classes, folder.samples
+
+
+def _drop_bad(
+    samples: list[tuple[str, int]], bad_images: str, channels: int, workers: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    bad = scan_images([path for path, _ in samples], channels, workers)
+    if bad and bad_images == "error":
+        listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(f"{len(bad)} unreadable image(s): {listing}{more} (use --bad-images skip to leave them out)")
+    bad_paths = {path for path, _ in bad}
+    return [s for s in samples if s[0] not in bad_paths], bad
+
+
+def _split_indices(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    from sklearn.model_selection import train_test_split
+
+    counts = torch.bincount(torch.tensor(labels))
+    stratify = labels if int(counts[counts > 0].min()) >= 2 else None
+    return train_test_split(list(range(len(labels))), test_size=val_fraction, random_state=seed, stratify=stratify)
+
+
+def _load_folder(
+    data_dir: Path, img_size: tuple[int, int], aug: str, bad_images: str, val_fraction: float, seed: int,
+    in_chans: int,
+    norm: tuple[Sequence[float], Sequence[float]] | None,
+    workers: int = 0,
+) -> ImageData:
+    if bad_images not in ("skip", "error"):
+        raise ValueError(f"bad_images must be 'skip' or 'error', got {bad_images!r}")
+    if in_chans not in (1, 3):
+        raise ValueError(f"image folders are read as 1 (grey) or 3 (RGB) channels, got in_chans={in_chans}")
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"--data-dir {str(data_dir)!r} is not a directory (expected an ImageFolder layout)")
+    if (data_dir / "train").is_dir():
+        classes, train_samples = _folder_samples(data_dir / "train")
+        val_dir = next((data_dir / d for d in ("val", "validation", "test") if (data_dir / d).is_dir()), None)
+        if val_dir is None:
+            raise FileNotFoundError(f"{str(data_dir)!r} has train/ but no val/ (or validation/, test/) directory")
+        val_classes, val_samples = _folder_samples(val_dir)
+        if val_classes != classes:
+            raise ValueError(
+                f"class directories differ between {str(data_dir / 'train')!r} {classes} and "
+                f"{str(val_dir)!r} {val_classes}; labels would not match"
+            )
+        train_samples, bad_train = _drop_bad(train_samples, bad_images, in_chans, workers)
+        val_samples, bad_val = _drop_bad(val_samples, bad_images, in_chans, workers)
+        bad = bad_train + bad_val
+        split = "train/ and val/ directories"
+    else:
+        classes, samples = _folder_samples(data_dir)
+        samples, bad = _drop_bad(samples, bad_images, in_chans, workers)
+        train_idx, val_idx = _split_indices([label for _, label in samples], val_fraction, seed)
+        train_samples = [samples[i] for i in sorted(train_idx)]
+        val_samples = [samples[i] for i in sorted(val_idx)]
+        split = f"random {1 - val_fraction:.0%}/{val_fraction:.0%} split, seed {seed}"
+    if norm is not None:
+        mean, std = tuple(norm[0]), tuple(norm[1])
+    else:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
+    return ImageData(
+        train=_Samples(train_samples, build_transforms(True, mean, std, img_size, aug, True, from_files=True), in_chans),
+        val=_Samples(val_samples, build_transforms(False, mean, std, img_size, aug, True, from_files=True), in_chans),
+        class_names=classes,
+        in_chans=in_chans,
+        img_size=img_size,
+        mean=mean,
+        std=std,
+        info={
+            "dataset": "folder", "data_dir": str(data_dir), "split": split, "train_size": len(train_samples),
+            "val_size": len(val_samples), "skipped_images": [{"path": p, "reason": r} for p, r in bad],
+        },
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_data(
+    dataset: str = "digits",
+    data_dir: str | os.PathLike[str] | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    aug: str = "basic",
+    bad_images: str = "skip",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    in_chans: int = 3,
+    norm: tuple[Sequence[float], Sequence[float]] | None = None,
+    workers: int = 0,
+) -> ImageData:
+    """Build the train/validation datasets for ``dataset`` (see the module docstring).
+
+    Args:
+        data_dir: Fashion-MNIST IDX directory or image-folder root.
+        img_size: side (or (H, W)) of the model input; default 32 for digits
+            (upsampled from 8), 28 for Fashion-MNIST, 64 for folders.
+        aug: training augmentation, see :func:`build_transforms`.
+        bad_images, val_fraction, seed, in_chans: image folders only
+            (the digits split is always seed 0).
+        norm: (mean, std) to normalise with instead of the dataset's own
+            statistics (e.g. the values a checkpoint was trained with).
+        workers: threads that decode image folders' files in the scan
+            before training (0: in this thread).
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    size = img_size if img_size is not None else DEFAULT_IMG_SIZE[dataset]
+    size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if dataset == "digits":
+        train, val = load_digits_tensors()
+        return _in_memory(
+            "digits", train, val, [str(d) for d in range(10)], size, aug, flip=False,
+            info={"source": "sklearn.datasets.load_digits", "split": "stratified 80/20, seed 0"}, norm=norm,
+        )
+    if dataset == "fashion-mnist":
+        root = Path(data_dir) if data_dir else Path(FASHION_MNIST_DIR)
+        splits = load_fashion_mnist_tensors(root)
+        return _in_memory(
+            "fashion-mnist", splits["train"], splits["test"], FASHION_MNIST_CLASSES, size, aug, flip=True,
+            info={"data_dir": str(root), "split": "official train (60k) / test (10k) as validation"}, norm=norm,
+        )
+    if data_dir is None:
+        raise ValueError("--dataset folder needs --data-dir (an ImageFolder root)")
+    return _load_folder(Path(data_dir), size, aug, bad_images, val_fraction, seed, in_chans, norm, workers)

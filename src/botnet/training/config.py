@@ -1,0 +1,309 @@
+"""Training settings as data: one dataclass per task, the shared part declared once.
+
+:class:`RunConfig` holds what every trainer shares (optimiser, schedule,
+precision, seed, device, run directory, ...). Task configs subclass it
+(``botnet.classification.TrainConfig``, ``botnet.detection.TrainConfig``)
+and add their own fields. Every field carries its own help text and value
+check in its metadata, and the command line is generated from the fields
+(``botnet.cli._options``), so a shared setting has one name, one meaning
+and one check in every command, and the checks run both on the command line
+(where the value is parsed) and on configs built in Python
+(:meth:`RunConfig.validate`).
+
+Configs also load from YAML (timm's ``-c config.yaml``): keys are field
+names (``batch_size`` or ``batch-size``); an unknown key or a bad value is a
+one-line error that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RunConfig",
+    "setting",
+    "positive_int",
+    "nonneg_int",
+    "positive_float",
+    "nonneg_float",
+    "finite_float",
+    "fraction",
+    "choice",
+    "flag_name",
+    "redefault",
+    "load_config_file",
+    "config_from_dict",
+    "check_value",
+]
+
+Check = Callable[[Any], Any]
+
+
+# --------------------------------------------------------------------------- value checks
+# Each takes a value (a string from the command line or YAML, or a Python value) and returns
+# it converted, or raises ValueError("must be ..., got ...").
+
+
+def _number(value: Any, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {value!r}")
+    try:
+        number = kind(value) if not isinstance(value, str) or kind is float else int(value, 10)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"must be an integer, got {value!r}")
+    return number
+
+
+def positive_int(value: Any) -> int:
+    number = _number(value, int)
+    if number < 1:
+        raise ValueError(f"must be an integer >= 1, got {value!r}")
+    return number
+
+
+def nonneg_int(value: Any) -> int:
+    number = _number(value, int)
+    if number < 0:
+        raise ValueError(f"must be an integer >= 0, got {value!r}")
+    return number
+
+
+def finite_float(value: Any) -> float:
+    number = _number(value, float)
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return number
+
+
+def positive_float(value: Any) -> float:
+    number = finite_float(value)
+    if number <= 0:
+        raise ValueError(f"must be a finite number > 0, got {value!r}")
+    return number
+
+
+def nonneg_float(value: Any) -> float:
+    number = finite_float(value)
+    if number < 0:
+        raise ValueError(f"must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def fraction(low: float = 0.0, high: float = 1.0, *, low_open: bool = False, high_open: bool = True) -> Check:
+    """A check for numbers in [low, high) (ends open or closed as asked)."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+
+    def check(value: Any) -> float:
+        number = finite_float(value)
+        if (number <= low if low_open else number < low) or (number >= high if high_open else number > high):
+            raise ValueError(f"must be in {left}{low:g}, {high:g}{right}, got {value!r}")
+        return number
+
+    check.__name__ = f"fraction{left}{low:g},{high:g}{right}"
+    return check
+
+
+def choice(*options: Any) -> Check:
+    """A check for one of ``options`` (a command-line string "3" matches the option 3)."""
+
+    def check(value: Any) -> Any:
+        for option in options:
+            if value == option or (isinstance(value, str) and value == str(option)):
+                return option
+        raise ValueError(f"must be one of {', '.join(map(str, options))}, got {value!r}")
+
+    check.__name__ = "choice"
+    check.choices = options  # type: ignore[attr-defined]
+    return check
+
+
+def setting(default: Any, help: str, check: Check | None = None, *, flags: tuple[str, ...] = (),
+            group: str = "run", nargs: str | None = None, cli: bool = True, **kwargs: Any) -> Any:
+    """A dataclass field with its command-line help, value check and extra option strings.
+
+    Args:
+        flags: extra option strings besides ``--field-name`` (e.g. ``("-b",)``).
+        group: help-section title on the command line.
+        nargs: for list settings (``"+"``).
+        cli: False for settings that are Python/YAML-only.
+    """
+    metadata = {"help": help, "check": check, "flags": flags, "group": group, "nargs": nargs, "cli": cli}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+def redefault(base: type, name: str, default: Any) -> Any:
+    """Field ``name`` of dataclass ``base`` with another default, same help and check (for task configs)."""
+    spec = {f.name: f for f in dataclasses.fields(base)}[name]
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=spec.metadata)
+    return field(default=default, metadata=spec.metadata)
+
+
+def flag_name(name: str) -> str:
+    """The command-line option of a field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def field_type_of(owner: type, spec: dataclasses.Field) -> Any:
+    """The resolved type annotation of a dataclass field."""
+    hints = typing.get_type_hints(owner)
+    return hints.get(spec.name, Any)
+
+
+def _allows_none(kind: Any) -> bool:
+    origin = typing.get_origin(kind)
+    return kind is type(None) or ((origin is typing.Union or origin is types.UnionType)
+                                   and type(None) in typing.get_args(kind))
+
+
+def _is_bool(kind: Any) -> bool:
+    return kind is bool or (_allows_none(kind) and bool in typing.get_args(kind))
+
+
+def _is_list(kind: Any) -> bool:
+    args = typing.get_args(kind) if _allows_none(kind) else (kind,)
+    return any(typing.get_origin(a) is list for a in args)
+
+
+def check_value(owner: type, spec: dataclasses.Field, value: Any) -> Any:
+    """``value`` converted and checked for field ``spec`` of dataclass ``owner`` (ValueError if bad)."""
+    kind = field_type_of(owner, spec)
+    if value is None:
+        if not _allows_none(kind):
+            raise ValueError("must be given (got nothing)")
+        return None
+    if _is_bool(kind):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError(f"must be true or false, got {value!r}")
+    check = spec.metadata.get("check")
+    if _is_list(kind):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [check(item) if check else item for item in items]
+    if check is not None:
+        return check(value)
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"must be a single value, got {value!r}")
+    return value
+
+
+@dataclass
+class RunConfig:
+    """Settings every trainer shares. Task configs subclass this with their own fields and defaults.
+
+    ``batch_size`` is per process: under torchrun the global batch is
+    ``batch_size * world_size``. ``lr`` None means the task's default rule
+    (detection scales it with the global batch).
+    """
+
+    epochs: int = setting(10, "training epochs", positive_int, group="recipe")
+    batch_size: int = setting(64, "images per process and step", positive_int, flags=("-b",), group="recipe")
+    opt: str = setting("sgd", "optimiser: sgd (Nesterov momentum) or adamw", choice("sgd", "adamw"), group="recipe")
+    lr: float | None = setting(0.1, "peak learning rate", positive_float, group="recipe")
+    weight_decay: float = setting(5e-4, "weight decay, on conv / linear / projection weights only (never on norms, "
+                                  "biases or position tables)", nonneg_float, flags=("--wd",), group="recipe")
+    momentum: float = setting(0.9, "SGD momentum", fraction(0, 1), group="recipe")
+    sched: str = setting("cosine", "learning-rate schedule after the warm-up: cosine, step (x decay-rate at each "
+                         "of --decay-milestones) or constant", choice("cosine", "step", "constant"), group="recipe")
+    warmup_epochs: float = setting(1.0, "linear warm-up length in epochs (fractions allowed)", nonneg_float,
+                                   group="recipe")
+    decay_milestones: list[float] | None = setting(None, "epochs where the step schedule multiplies the LR by "
+                                                   "--decay-rate (default 2/3 and 8/9 of the run)", nonneg_float,
+                                                   nargs="+", group="recipe")
+    decay_rate: float = setting(0.1, "LR factor at each step milestone", fraction(0, 1, low_open=True,
+                                high_open=False), group="recipe")
+    min_lr_ratio: float = setting(0.0, "cosine schedule ends at this fraction of the peak LR",
+                                  fraction(0, 1, high_open=False), group="recipe")
+    clip_grad: float | None = setting(5.0, "clip the gradient norm to this (0: off)", nonneg_float, group="recipe")
+    amp: bool = setting(False, "mixed precision autocast (bf16; fp16 uses a grad scaler)")
+    amp_dtype: str = setting("bfloat16", "autocast dtype", choice("bfloat16", "float16"))
+    compile: bool = setting(False, "torch.compile the model")
+    seed: int = setting(0, "seed of initialisation, sampling and augmentation", nonneg_int)
+    deterministic: bool = setting(False, "deterministic algorithms only")
+    workers: int = setting(0, "data-loading processes (0: in the main process)", nonneg_int, flags=("-j",))
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    out: str | None = setting(None, "run directory (default runs/TASK-MODEL-TIME)")
+    progress: bool = setting(True, "progress bar (off: --no-progress)")
+
+    # Settings that may change when resuming; anything else must stay as the run began.
+    RESUMABLE: typing.ClassVar[tuple[str, ...]] = ("epochs", "workers", "device", "progress")
+
+    def validate(self) -> None:
+        """Check every field (ValueError naming the option) and normalise (``clip_grad`` 0 -> None)."""
+        for spec in dataclasses.fields(self):
+            try:
+                setattr(self, spec.name, check_value(type(self), spec, getattr(self, spec.name)))
+            except ValueError as err:
+                raise ValueError(f"{flag_name(spec.name)} {err}") from None
+        if self.clip_grad == 0:
+            self.clip_grad = None
+        if self.device != "auto":
+            from .device import parse_device
+
+            try:
+                parse_device(self.device)
+            except ValueError as err:
+                raise ValueError(f"--device {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(cls: type[RunConfig], values: Mapping[str, Any], source: str = "settings") -> dict[str, Any]:
+    """Checked field values of ``cls`` from a mapping (dashes or underscores in keys).
+
+    Raises:
+        ValueError: naming ``source`` and the key, for an unknown key or a bad value.
+    """
+    fields = {spec.name: spec for spec in dataclasses.fields(cls)}
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            import difflib
+
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{source}: unknown key {key!r}{hint}")
+        try:
+            checked[name] = check_value(cls, fields[name], value)
+        except ValueError as err:
+            raise ValueError(f"{source}: key {key!r} {err}") from None
+    return checked
+
+
+def load_config_file(path: str | os.PathLike[str], cls: type[RunConfig]) -> dict[str, Any]:
+    """The settings of a YAML file (a mapping of field names), checked against ``cls``."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {str(path)!r}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{str(path)!r}{line}: not valid YAML ({problem})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read config file {str(path)!r}: {err}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{str(path)!r}: expected a mapping of settings (key: value), got a {type(values).__name__}")
+    return config_from_dict(cls, values, source=repr(str(path)))

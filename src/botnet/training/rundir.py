@@ -1,0 +1,137 @@
+"""A training run's directory: one layout for every task, consistent after a kill at any moment.
+
+Layout::
+
+    OUT/config.json        settings, task, versions, data facts (rewritten at every start)
+    OUT/metrics.jsonl      one JSON object per finished epoch
+    OUT/last.pt            full training state after the latest epoch (resume from it)
+    OUT/last.safetensors   the evaluated weights of that epoch, with the model description
+    OUT/best.pt, OUT/best.safetensors   the same for the epoch with the best score
+    OUT/manifest.json      which epoch each file describes (the commit record)
+
+Each epoch's files are written as one set (:func:`botnet.checkpoint.write_file_set`):
+``last.pt``, ``last.safetensors`` and ``metrics.jsonl`` always describe the
+same epoch, and ``best.*`` the best epoch that ``last.pt`` records. Temporary
+files of an interrupted write are removed when the next run starts (or
+resumes) in the directory. Every file gets the mode the umask gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import atomic_write, load_checkpoint, read_manifest, recover_file_set, write_file_set
+
+__all__ = ["RunDir", "check_out_dir"]
+
+
+def check_out_dir(path: str | os.PathLike[str]) -> Path:
+    """Raise a one-line ValueError now if a run directory cannot be created or written at ``path``.
+
+    Called before any data or model is built, so a typo costs nothing.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"--out {str(path)!r} exists and is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {str(path)!r} is not writable")
+        return path
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {str(path)!r} cannot be created: {str(parent)!r} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(path)!r} cannot be created: {str(parent)!r} is not writable")
+    return path
+
+
+class RunDir:
+    """The files of one run (see the module docstring). Only rank 0 writes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    def holds_run(self) -> bool:
+        """Whether an epoch was ever committed here."""
+        return self.last.is_file() or (self.path / "manifest.json").is_file()
+
+    @classmethod
+    def for_resume(cls, path: str | os.PathLike[str]) -> tuple[RunDir, Path]:
+        """The run directory of ``path`` (a run directory or its ``last.pt``) and the file to resume from."""
+        path = Path(path)
+        if path.is_dir():
+            run = cls(path)
+            if not run.last.is_file():
+                raise FileNotFoundError(
+                    f"no checkpoint to resume in {str(path)!r} (no last.pt): the run stopped before its first "
+                    "epoch ended; start it again without --resume"
+                )
+            return run, run.last
+        if path.is_file():
+            return cls(path.parent), path
+        raise FileNotFoundError(f"--resume {str(path)!r}: no such run directory or checkpoint file")
+
+    def prepare(self, resuming: bool) -> list[str]:
+        """Create the directory, finish or discard interrupted writes; refuse to start over a run.
+
+        Returns:
+            names of the temporary files removed.
+        """
+        check_out_dir(self.path)
+        if not resuming and self.holds_run():
+            raise ValueError(
+                f"{str(self.path)!r} already holds a training run (last.pt); continue it with "
+                f"--resume {self.path} or choose another --out"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        return recover_file_set(self.path)
+
+    def load_last(self, path: Path | None = None) -> dict[str, Any]:
+        return load_checkpoint(path or self.last)
+
+    def write_config(self, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload, indent=2, default=str) + "\n"
+        atomic_write(self.path / "config.json", lambda tmp: tmp.write_text(text))
+
+    def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` from a history (on resume: exactly the epochs of ``last.pt``)."""
+        text = _jsonl(history)
+        atomic_write(self.path / "metrics.jsonl", lambda tmp: tmp.write_text(text))
+
+    def commit_epoch(
+        self,
+        epoch: int,
+        checkpoint: dict[str, Any],
+        write_weights: Callable[[Path], None],
+        history: Sequence[dict[str, Any]],
+        best: bool,
+    ) -> None:
+        """Write the epoch's files as one set: last.{pt,safetensors}, metrics.jsonl and, if ``best``, best.*."""
+        text = _jsonl(history)
+        writers: dict[str, Callable[[Path], None]] = {}
+        if best:
+            writers["best.pt"] = lambda tmp: torch.save(checkpoint, tmp)
+            writers["best.safetensors"] = write_weights
+        writers["last.pt"] = lambda tmp: torch.save(checkpoint, tmp)
+        writers["last.safetensors"] = write_weights
+        writers["metrics.jsonl"] = lambda tmp: tmp.write_text(text)
+        write_file_set(self.path, writers, {"epoch": epoch})
+
+    def manifest(self) -> dict[str, Any] | None:
+        return read_manifest(self.path)
+
+
+def _jsonl(records: Sequence[dict[str, Any]]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)

@@ -1,0 +1,360 @@
+"""The epoch loop every task shares: set-up, resume, optimiser, schedule, checkpoints, metrics.
+
+A task (classification, detection) subclasses :class:`Trainer` and says
+only what is its own: how to build data and model (:meth:`Trainer.build`),
+one training epoch (:meth:`Trainer.train_one_epoch`), evaluation
+(:meth:`Trainer.evaluate`), the saved model description and weights. The
+base class does the rest, identically for every task:
+
+* checks the config and the output directory before any data is read;
+* picks and checks the device, joins torchrun's process group;
+* seeds every RNG (``seed + rank``);
+* builds the optimiser (:func:`~botnet.training.optim.param_groups`: no
+  decay on norms, biases, position tables), the schedule (warm-up, then
+  cosine / step / constant), the grad scaler for fp16, ``torch.compile``
+  and DistributedDataParallel;
+* after every epoch, commits ``last.pt`` / ``last.safetensors`` /
+  ``metrics.jsonl`` (and ``best.*`` when the task's score improved) as one
+  set (:class:`~botnet.training.rundir.RunDir`), with the optimiser,
+  schedule, scaler, history and every rank's RNG states;
+* ``resume``: continues from ``last.pt`` with the run's saved settings (only
+  :attr:`RunConfig.RESUMABLE` ones may change) and restored RNG states. The
+  sampler order and worker seeds are functions of (seed, epoch, rank), so a
+  run killed at any moment and resumed ends with the same metrics as one
+  never interrupted (same machine and thread count).
+
+Only rank 0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RunConfig, check_value, flag_name
+from .console import Progress, say
+from .device import resolve_device
+from .distributed import (DistInfo, all_gather_objects, barrier, broadcast_object, cleanup, init_distributed)
+from .optim import create_optimizer, current_lr, lr_schedule, optimizer_step
+from .rng import rng_state, seed_everything, set_rng_state
+from .rundir import RunDir, check_out_dir
+
+__all__ = ["Trainer", "versions"]
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    from .. import __version__
+
+    return {
+        "botnet": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+    }
+
+
+class Trainer:
+    """One training run of a task (see the module docstring); ``fit()`` runs it."""
+
+    config_class: ClassVar[type[RunConfig]] = RunConfig
+    task: ClassVar[str] = "task"
+    # The record entry whose increase makes an epoch the new "best" (None: every epoch is).
+    score_key: ClassVar[str | None] = None
+
+    def __init__(self, config: RunConfig | None = None, resume: str | os.PathLike[str] | None = None,
+                 **overrides: Any) -> None:
+        checkpoint = None
+        resume_run = None
+        if resume is not None:
+            resume_run, resume_path = RunDir.for_resume(resume)
+            checkpoint = resume_run.load_last(resume_path)
+            config = self._resumed_config(checkpoint, resume_path, overrides)
+        elif config is None:
+            config = self.config_class(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if config.out is not None:
+            check_out_dir(config.out)  # before the process group, data or model: a typo costs nothing
+        self.dist: DistInfo = init_distributed(self.device.type)
+        try:
+            self._set_up(checkpoint, resume_run)
+        except BaseException:
+            cleanup(self.dist)
+            raise
+
+    # ------------------------------------------------------------------ set-up
+
+    def _resumed_config(self, checkpoint: dict[str, Any], path: Path, overrides: dict[str, Any]) -> RunConfig:
+        """The checkpoint's settings, with ``overrides`` of the resumable ones."""
+        saved = checkpoint.get("config")
+        if not isinstance(saved, dict) or "optimizer" not in checkpoint:
+            raise ValueError(f"{str(path)!r} is not a training checkpoint (no config/optimizer)")
+        if checkpoint.get("task", self.task) != self.task:
+            raise ValueError(f"{str(path)!r} is a {checkpoint['task']} run, not {self.task}")
+        fields = {spec.name: spec for spec in dataclasses.fields(self.config_class)}
+        config = self.config_class(**{k: v for k, v in saved.items() if k in fields})
+        for name, value in overrides.items():
+            if name not in fields:
+                raise ValueError(f"unknown setting {name!r}")
+            value = check_value(self.config_class, fields[name], value)
+            if value == getattr(config, name) or name == "out":
+                continue
+            if name not in config.RESUMABLE:
+                raise ValueError(
+                    f"cannot change {name} when resuming ({getattr(config, name)!r} in the checkpoint, {value!r} "
+                    f"given); only {', '.join(config.RESUMABLE)} may change"
+                )
+            setattr(config, name, value)
+        config.out = str(path.parent)
+        return config
+
+    def _set_up(self, checkpoint: dict[str, Any] | None, resume_run: RunDir | None) -> None:
+        config, info = self.config, self.dist
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if config.out is None:
+            config.out = self.default_out()
+        config.out = str(broadcast_object(config.out, info))
+        self.run = resume_run or RunDir(config.out)
+        self.removed_temporaries: list[str] = []
+        if info.is_main:
+            self.removed_temporaries = self.run.prepare(resuming=checkpoint is not None)
+        barrier(info)
+
+        seed_everything(config.seed + info.rank)
+        self.build()
+        self.amp_dtype = getattr(torch, config.amp_dtype) if config.amp else None
+        if self.amp_dtype is torch.bfloat16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            self.amp_dtype = torch.float16
+        if self.amp_dtype is torch.float16 and self.device.type == "cpu":
+            say("[yellow]note[/]: float16 autocast on a CPU is emulated and slow; bfloat16 is not", info.is_main)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.optimizer = create_optimizer(self.model, config.opt, self.peak_lr(), config.weight_decay, config.momentum)
+        steps = self.steps_per_epoch
+        milestones = config.decay_milestones
+        if milestones is None:
+            milestones = [round(config.epochs * 2 / 3), round(config.epochs * 8 / 9)]
+        self.scheduler = lr_schedule(
+            self.optimizer, config.epochs * steps, round(config.warmup_epochs * steps), config.sched,
+            milestones=[round(m * steps) for m in milestones], decay_rate=config.decay_rate,
+            min_lr_ratio=config.min_lr_ratio,
+        )
+        self.net = self.wrap(self.model)
+        self.start_epoch, self.history = 0, []
+        self.best_score, self.best_epoch = -float("inf"), 0
+        self.restored_rng = None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    def default_out(self) -> str:
+        return str(Path("runs") / f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    def peak_lr(self) -> float:
+        """The learning rate the schedule peaks at (tasks may derive a default from the batch)."""
+        assert self.config.lr is not None
+        return self.config.lr
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training step calls: compiled and/or DistributedDataParallel."""
+        net: nn.Module = model
+        if self.config.compile:
+            net = torch.compile(net)
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+        return net
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def optimizer_step(self) -> None:
+        """After the backward pass: clip, step the optimiser, the grad scaler and the schedule."""
+        optimizer_step(self.optimizer, [p for p in self.model.parameters() if p.requires_grad],
+                       scheduler=self.scheduler, scaler=self.scaler, clip_grad=self.config.clip_grad)
+
+    # ------------------------------------------------------------------ what a task provides
+
+    model: nn.Module
+    steps_per_epoch: int
+
+    def build(self) -> None:
+        """Build data, loaders and ``self.model``; set ``self.steps_per_epoch``."""
+        raise NotImplementedError
+
+    def train_one_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
+        """One epoch (0-based ``epoch``); returns record entries (losses, throughput)."""
+        raise NotImplementedError
+
+    def evaluate(self, epoch: int, progress: Progress) -> dict[str, Any]:
+        """Record entries of the validation after ``epoch`` (every rank gets them); {} if skipped."""
+        raise NotImplementedError
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON-able description saved with the weights (rebuilds the model)."""
+        raise NotImplementedError
+
+    def write_weights(self, path: Path, meta: dict[str, Any]) -> None:
+        """Write the evaluated weights with ``meta`` as safetensors to ``path`` (not atomically)."""
+        raise NotImplementedError
+
+    def eval_state(self) -> dict[str, torch.Tensor]:
+        """The state dict of the evaluated weights (saved as ``model`` in the .pt files)."""
+        return self.model.state_dict()
+
+    def extra_state(self) -> dict[str, Any]:
+        """Task state to save beside the common one (e.g. an EMA)."""
+        return {}
+
+    def load_extra_state(self, checkpoint: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state` (and the training weights) from a checkpoint."""
+        self.model.load_state_dict(checkpoint["model"])
+
+    def describe(self) -> str:
+        """The header line printed when the run starts."""
+        return f"[bold]botnet {self.task}[/] -> {self.run.path}"
+
+    def epoch_line(self, record: dict[str, Any]) -> str:
+        return f"epoch {record['epoch']:>3}/{self.config.epochs}"
+
+    def data_info(self) -> dict[str, Any]:
+        """Facts about the data for ``config.json``."""
+        return {}
+
+    # ------------------------------------------------------------------ state
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.load_extra_state(checkpoint)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.start_epoch = int(checkpoint["epoch"])
+        self.history = list(checkpoint["history"])
+        self.best_score = float(checkpoint.get("best_score", checkpoint.get("best_acc", -float("inf"))))
+        self.best_epoch = int(checkpoint["best_epoch"])
+        states = checkpoint["rng"]
+        if self.dist.rank >= len(states) or len(states) != self.dist.world_size:
+            raise ValueError(
+                f"the checkpoint holds RNG states of {len(states)} process(es); resume it with as many "
+                f"(this run has {self.dist.world_size})"
+            )
+        self.restored_rng = states[self.dist.rank]
+        if self.start_epoch >= self.config.epochs:
+            raise ValueError(
+                f"the run in {str(self.run.path)!r} already finished {self.start_epoch} epochs (--epochs "
+                f"{self.config.epochs}); give more --epochs to train on"
+            )
+
+    def _checkpoint(self, epoch: int, meta: dict[str, Any], rng: list[Any]) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "model": {k: v.detach().cpu() for k, v in self.eval_state().items()},
+            "meta": meta,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "epoch": epoch + 1,
+            "history": self.history,
+            "best_metric": self.score_key,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "rng": rng,
+            "config": dataclasses.asdict(self.config),
+            **self.extra_state(),
+        }
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        rng = all_gather_objects(rng_state(), self.dist)  # collective: every rank takes part
+        if not self.dist.is_main:
+            return
+        meta = self.meta()
+        checkpoint = self._checkpoint(epoch, meta, rng)
+        self.run.commit_epoch(epoch + 1, checkpoint, lambda tmp: self.write_weights(tmp, meta), self.history, improved)
+
+    def _config_payload(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "settings": dataclasses.asdict(self.config),
+            "world_size": self.dist.world_size,
+            "backend": self.dist.backend,
+            "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),
+            "data": self.data_info(),
+            "model_params": sum(p.numel() for p in self.model.parameters()),
+            "versions": versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "resumed_from_epoch": self.start_epoch or None,
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs; returns a summary (out dir, best and final scores, seconds)."""
+        try:
+            return self._fit()
+        finally:
+            cleanup(self.dist)
+
+    def _fit(self) -> dict[str, Any]:
+        config, info = self.config, self.dist
+        main = info.is_main
+        if main:
+            self.run.write_config(self._config_payload())
+            if self.start_epoch:
+                self.run.write_metrics(self.history)  # exactly the epochs of last.pt
+        for name in self.removed_temporaries:
+            say(f"[yellow]removed[/] {name}: an unfinished write of an interrupted run", main)
+        say(self.describe() + (f" (resuming after epoch {self.start_epoch})" if self.start_epoch else ""), main)
+        if self.restored_rng is not None:
+            set_rng_state(self.restored_rng)
+        elapsed = self.history[-1]["elapsed_seconds"] if self.history else 0.0
+        with Progress(main and config.progress) as progress:
+            for epoch in range(self.start_epoch, config.epochs):
+                start = time.perf_counter()
+                record: dict[str, Any] = {"epoch": epoch + 1}
+                record.update(self.train_one_epoch(epoch, progress))
+                record["lr"] = current_lr(self.optimizer)
+                record.update(self.evaluate(epoch, progress))
+                score = record.get(self.score_key) if self.score_key else None
+                improved = (score is not None and score > self.best_score) or self.score_key is None
+                if score is None and self.best_epoch == 0 and self.score_key is not None:
+                    improved = True  # no validation yet: the latest weights are the best known
+                if improved:
+                    self.best_epoch = epoch + 1
+                    if score is not None:
+                        self.best_score = float(score)
+                record["epoch_seconds"] = time.perf_counter() - start
+                elapsed += record["epoch_seconds"]
+                record["elapsed_seconds"] = elapsed
+                self.history.append(record)
+                self._save(epoch, improved)
+                say(self.epoch_line(record) + ("  [green]best[/]" if improved and score is not None else ""), main)
+        barrier(info)
+        final = self.history[-1] if self.history else {}
+        return {
+            "out": str(self.run.path),
+            "epochs": config.epochs,
+            "best_metric": self.score_key,
+            "best_score": self.best_score if self.best_score > -float("inf") else None,
+            "best_epoch": self.best_epoch,
+            "final": final,
+            "elapsed_seconds": elapsed,
+        }
