@@ -36,6 +36,7 @@ import json
 import os
 import pickletools
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +52,7 @@ __all__ = [
     "MANIFEST",
     "CheckpointError",
     "atomic_write",
+    "committed_path",
     "load_checkpoint",
     "load_model",
     "model_from_meta",
@@ -212,8 +214,11 @@ def recover_file_set(directory: PathLike) -> list[str]:
     return sorted(removed)
 
 
-def _committed(path: Path) -> Path:
-    """``path``, or the committed temporary file the directory's manifest says holds it."""
+def committed_path(path: PathLike) -> Path:
+    """``path``, or the committed temporary file its directory's manifest says holds it (a kill
+    stopped the renames of a committed set: until the next run recovers the directory, readers
+    follow the manifest)."""
+    path = Path(path)
     try:
         manifest = read_manifest(path.parent)
     except CheckpointError:
@@ -337,11 +342,13 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
             never executed), or holds no dict.
     """
     path = Path(path)
-    if not path.is_file():
+    source = committed_path(path)
+    if not source.is_file():
         raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
-    source = _committed(path)
     try:
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning would be a second line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:
         raise _diagnose(source, err) from None
     if not isinstance(checkpoint, dict):
@@ -354,9 +361,9 @@ def read_safetensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str,
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
+    source = committed_path(path)
+    if not source.is_file():
         raise FileNotFoundError(f"no weights file at {str(path)!r}")
-    source = _committed(path)
     if source.stat().st_size == 0:
         raise CheckpointError(f"{str(path)!r} is empty (0 bytes): a damaged weights file")
     try:
@@ -376,7 +383,7 @@ def resolve_checkpoint_path(path: PathLike) -> Path:
     if not path.is_dir():
         return path
     for candidate in ("best.safetensors", "last.safetensors", "best.pt", "last.pt"):
-        if (path / candidate).is_file():
+        if committed_path(path / candidate).is_file():
             return path / candidate
     raise FileNotFoundError(f"no best/last .safetensors or .pt checkpoint in directory {str(path)!r}")
 

@@ -16,12 +16,14 @@ __all__ = ["read_metrics", "plot_training_curves", "plot_confusion_matrix"]
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` file (or a run directory holding one)."""
     path = Path(path)
+    from .checkpoint import committed_path
+
     if path.is_dir():
         path = path / "metrics.jsonl"
-    if not path.is_file():
+    if not committed_path(path).is_file():
         raise FileNotFoundError(f"no metrics file at {str(path)!r} (a `botnet train` run directory has metrics.jsonl)")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(committed_path(path).read_text().splitlines(), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
@@ -29,7 +31,10 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 raise ValueError(f"{str(path)!r} line {number} is not JSON: {err}") from None
     if not records:
         raise ValueError(f"{str(path)!r} has no epochs yet")
-    missing = {"epoch", "train_loss", "val_loss", "val_acc", "lr"} - set(records[0])
+    keys = set().union(*records)
+    missing = {"epoch", "lr"} - keys
+    if not missing and not ({"train_loss", "val_loss", "val_acc"} <= keys or "loss" in keys):
+        missing = {"train_loss", "val_loss", "val_acc"} - keys
     if missing:
         raise ValueError(f"{str(path)!r} records lack {sorted(missing)}; is it a `botnet train` metrics file?")
     return records
@@ -45,7 +50,14 @@ def _figure(*args: Any, **kwargs: Any):
 
 
 def plot_training_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
-    """Loss, accuracy and learning rate against epoch, side by side; returns the PNG path."""
+    """Loss, accuracy (or COCO AP) and learning rate against epoch, side by side; returns the PNG path.
+
+    Classification runs show train / validation loss and top-1; detection
+    runs show their loss terms and box / mask AP on the epochs that were
+    evaluated.
+    """
+    if "val_acc" not in records[0]:
+        return _plot_detection_curves(records, path, title)
     plt, (fig, (ax_loss, ax_acc, ax_lr)) = _figure(1, 3, figsize=(13, 3.8))
     epochs = [r["epoch"] for r in records]
 
@@ -71,6 +83,29 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | os.PathL
         ax.grid(alpha=0.3)
     ax_loss.legend()
     ax_acc.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(plt, fig, path)
+
+
+def _plot_detection_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str) -> Path:
+    plt, (fig, (ax_loss, ax_ap, ax_lr)) = _figure(1, 3, figsize=(13, 3.8))
+    epochs = [r["epoch"] for r in records]
+    for key in sorted({k for r in records for k in r if k == "loss" or k.startswith("loss_")}):
+        ax_loss.plot(epochs, [r.get(key) for r in records], marker="o", ms=3, label=key, lw=2 if key == "loss" else 1)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for key, label in (("bbox_AP", "box AP"), ("segm_AP", "mask AP"), ("bbox_AP50", "box AP50")):
+        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            ax_ap.plot(*zip(*points), marker="o", ms=3, label=label)
+    ax_ap.set(xlabel="epoch", ylabel="COCO AP (validation)", title="average precision")
+    ax_lr.plot(epochs, [r["lr"] for r in records], marker="o", ms=3, color="tab:green")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate (end of epoch)", title="learning rate")
+    for ax in (ax_loss, ax_ap, ax_lr):
+        ax.grid(alpha=0.3)
+    ax_loss.legend(fontsize=7)
+    if ax_ap.lines:
+        ax_ap.legend()
     if title:
         fig.suptitle(title)
     return _save(plt, fig, path)

@@ -37,35 +37,31 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
     Accepts a bare state dict or one wrapped under ``state_dict``, ``model``
     or ``model_state`` (common checkpoint layouts), and strips a DDP
-    ``module.`` prefix.
+    ``module.`` prefix. A damaged file or one that carries pickled objects is
+    a one-line error from :mod:`botnet.checkpoint` naming the file.
     """
+    from .checkpoint import load_checkpoint, read_safetensors
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # the unpickler's message is long; name the cause
-            raise ValueError(
-                f"cannot read {path!r} as a plain tensor checkpoint (weights_only=True refuses pickled "
-                f"code and objects): {str(err).splitlines()[0]}"
-            ) from None
+    state = read_safetensors(path)[0] if path.endswith(".safetensors") else load_checkpoint(path)
     return _unwrap_state_dict(state, repr(path))
 
 
 def _unwrap_state_dict(state: object, what: str) -> dict[str, Tensor]:
     """The tensors of a bare or wrapped (``state_dict``/``model``/``model_state``) state dict."""
+    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
     for key in ("state_dict", "model", "model_state"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
             break
     if not isinstance(state, Mapping):
         raise ValueError(f"{what} does not hold a state dict (found {type(state).__name__})")
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    consume_prefix_in_state_dict_if_present(tensors, "module.")  # DistributedDataParallel's wrapper
+    return tensors
 
 
 def load_resnet_weights(

@@ -10,6 +10,9 @@ from . import CommandError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ._options import checked, device_arg, nonneg_int_arg, positive_int_arg
+    from ..training.config import nonneg_float
+
     parser = subparsers.add_parser(
         "attention",
         help="attention maps of a BoTNet on an image, and its position logits, as PNGs",
@@ -21,15 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="trained model: .safetensors, .pt or a run directory")
     source.add_argument("--model", help="registered model name, with RANDOM weights (default botnet50)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights with --model (default 0)")
+    parser.add_argument("--seed", type=nonneg_int_arg, default=0, help="seed of the random weights with --model (default 0)")
     parser.add_argument("--layer", default="0",
                         help="attention layer: index among the model's MHSA layers or module name "
                         "(e.g. layer4.0.attn); default 0, the first (highest resolution)")
-    parser.add_argument("--query", nargs="+", type=float, action="extend", metavar="X Y",
+    parser.add_argument("--query", nargs="+", type=checked(nonneg_float), action="extend", metavar="X Y",
                         help="query pixel(s) as X Y pairs in the original image's pixel coordinates "
                         "(x from the left, y from the top); repeatable. Default: the centre and the "
                         "strongest feature")
-    parser.add_argument("--img-size", nargs="+", type=int, metavar="SIZE",
+    parser.add_argument("--img-size", nargs="+", type=positive_int_arg, metavar="SIZE",
                         help="model input size: H W, or one number for the shorter side (aspect kept). "
                         "Default: the checkpoint's training size, else the model's reference size as shorter side")
     parser.add_argument("--out", default="attention.png",
@@ -37,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "other matplotlib formats such as .pdf or .svg are written as they are)")
     parser.add_argument("--positions-out", help="position-logit figure (default: OUT with _positions added)")
     parser.add_argument("--smooth", action="store_true", help="bilinear upsampling instead of one block per token")
-    parser.add_argument("--dpi", type=int, default=100)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dpi", type=positive_int_arg, default=100)
+    parser.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--list-layers", action="store_true", help="list the model's attention layers and exit")
     parser.set_defaults(run=run)
 
@@ -105,7 +108,15 @@ def run(args: argparse.Namespace) -> int:
     from ..visualize.figures import attention_figure, position_figure, position_share, save_figure
     from ..visualize.images import IMAGENET_MEAN, IMAGENET_STD, load_image, resized_size, to_model_input
 
+    from ..training.device import resolve_device
+    from ..training.rundir import check_out_file
+
     console = Console(width=None if Console().is_terminal else 120)
+    args.device = str(resolve_device(args.device))
+    if not args.list_layers:
+        check_out_file(args.out)
+        if args.positions_out:
+            check_out_file(args.positions_out, "--positions-out")
     model, meta, source = _load_model(args)
     if args.list_layers:
         _print_layers(console, model)

@@ -6,6 +6,8 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ._options import nonneg_int_arg, positive_int_arg
+
     parser = subparsers.add_parser(
         "export",
         help="export a model to ONNX, TorchScript or a torch.export program (dynamic batch and image size)",
@@ -15,13 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", help="registered model name (needed without --checkpoint)")
     parser.add_argument("--checkpoint", help="a .safetensors/.pt checkpoint or a training run directory")
-    parser.add_argument("--num-classes", type=int, help="classifier outputs (default: the checkpoint's, else 1000)")
-    parser.add_argument("--in-chans", type=int, help="input channels (default: the checkpoint's, else 3)")
+    parser.add_argument("--num-classes", type=nonneg_int_arg, help="classifier outputs (default: the checkpoint's, else 1000)")
+    parser.add_argument("--in-chans", type=positive_int_arg, help="input channels (default: the checkpoint's, else 3)")
     parser.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported"))
     parser.add_argument("--out", required=True, help="output file (.onnx, .pt for torchscript, .pt2 for exported)")
-    parser.add_argument("--img-size", nargs=2, type=int, metavar=("H", "W"),
+    parser.add_argument("--img-size", nargs=2, type=positive_int_arg, metavar=("H", "W"),
                         help="example size used while exporting (default: the model's reference size)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
+    parser.add_argument("--opset", type=positive_int_arg, default=18, help="ONNX opset (>= 17, default 18)")
     parser.add_argument("--no-check", action="store_true", help="skip running the exported file against PyTorch")
     parser.set_defaults(run=run)
 
@@ -58,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
     from ..export import CHECK_BATCH, SUFFIXES, check_sizes, compare_exported, export_model
     from . import CommandError
 
+    from ..training.rundir import check_out_file
+
     console = Console(stderr=True)
+    check_out_file(args.out)
     if args.format == "onnx":
         missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
         if missing:

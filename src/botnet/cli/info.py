@@ -7,6 +7,8 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ._options import nonneg_int_arg, positive_int_arg
+
     parser = subparsers.add_parser(
         "info",
         help="per-stage shapes, parameters, FLOPs and attention sizes of a model, next to resnet50",
@@ -14,9 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "side by side with a reference model (resnet50 by default).",
     )
     parser.add_argument("model", help="model name (see `botnet info --list`)", nargs="?")
-    parser.add_argument("--img-size", nargs=2, type=int, metavar=("H", "W"), help="input size (default 224 224)")
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--in-chans", type=int, default=3)
+    parser.add_argument("--img-size", nargs=2, type=positive_int_arg, metavar=("H", "W"),
+                        help="input size (default 224 224)")
+    parser.add_argument("--num-classes", type=nonneg_int_arg, default=1000, help="classifier outputs (0: none)")
+    parser.add_argument("--in-chans", type=positive_int_arg, default=3)
     parser.add_argument("--compare", default="resnet50", help="reference model shown beside it ('none' to hide)")
     parser.add_argument("--list", action="store_true", help="list the registered models and exit")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -29,8 +29,16 @@ def run(args: argparse.Namespace) -> int:
     config = run_dir / "config.json"
     if config.is_file():
         settings = json.loads(config.read_text()).get("settings", {})
-        title = f"{settings.get('model', '?')} on {settings.get('dataset', '?')} ({run_dir.name})"
+        if "backbone" in settings:
+            title = f"{settings.get('arch', '?')} + {settings['backbone']} on {settings.get('data', '?')} ({run_dir.name})"
+        else:
+            title = f"{settings.get('model', '?')} on {settings.get('dataset', '?')} ({run_dir.name})"
     path = plot_training_curves(records, Path(args.out) if args.out else run_dir / "curves.png", title=title)
-    best = max(records, key=lambda r: r["val_acc"])
-    print(f"{path}: {len(records)} epochs, best val top-1 {100 * best['val_acc']:.2f}% at epoch {best['epoch']}")
+    scored = [r for r in records if r.get("val_acc", r.get("bbox_AP")) is not None]
+    if scored:
+        key, name = ("val_acc", "val top-1") if "val_acc" in scored[0] else ("bbox_AP", "box AP")
+        best = max(scored, key=lambda r: r[key])
+        print(f"{path}: {len(records)} epochs, best {name} {100 * best[key]:.2f}% at epoch {best['epoch']}")
+    else:
+        print(f"{path}: {len(records)} epochs")
     return 0

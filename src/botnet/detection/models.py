@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 
 from .backbone import BoTNetFPN, botnet_fpn_backbone
 
@@ -42,6 +44,28 @@ def anchor_generator_for(
     """
     sizes = tuple((int(round(anchor_scale * s)),) for s in strides)
     return AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(strides))
+
+
+def roi_pool_for(body: BoTNetFPN, output_size: int) -> MultiScaleRoIAlign:
+    """torchvision's ``MultiScaleRoIAlign`` over the backbone's levels, with their scales set from its strides.
+
+    torchvision infers each level's scale from the first batch it sees
+    (feature size / largest image, rounded to a power of 2) and keeps it for
+    the rest of the process. With images just above a multiple of the FPN's
+    padding that guess is off by a factor of 2 (e.g. a 66 px image padded to
+    96 gives a stride-2 map of 48: 48/66 rounds to scale 1, not 1/2), and
+    the cache makes results depend on which batch came first, so a resumed
+    run would differ from an uninterrupted one. The strides are known
+    exactly; they are set here once.
+    """
+    pool = MultiScaleRoIAlign(body.featmap_names, output_size=output_size, sampling_ratio=2)
+    strides = body.strides[: len(body.featmap_names)]
+    pool.scales = [1.0 / s for s in strides]
+    pool.map_levels = initLevelMapper(
+        int(math.log2(strides[0])), int(math.log2(strides[-1])),
+        canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level,
+    )
+    return pool
 
 
 def build_detector(
@@ -103,12 +127,12 @@ def build_detector(
         )
     kwargs.setdefault("rpn_anchor_generator", anchor_generator_for(body.strides, anchor_scale))
     # torchvision's default RoI poolers read levels "0".."3"; read whatever levels the backbone has.
-    kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(body.featmap_names, output_size=7, sampling_ratio=2))
+    kwargs.setdefault("box_roi_pool", roi_pool_for(body, 7))
     if "box_head" not in kwargs and "box_predictor" not in kwargs:
         kwargs["box_head"] = TwoMLPHead(body.out_channels * 7 * 7, box_head_size)
         kwargs["box_predictor"] = FastRCNNPredictor(box_head_size, num_classes)
     if arch == "maskrcnn":
-        kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(body.featmap_names, output_size=14, sampling_ratio=2))
+        kwargs.setdefault("mask_roi_pool", roi_pool_for(body, 14))
         if "mask_head" not in kwargs and "mask_predictor" not in kwargs:
             kwargs["mask_head"] = MaskRCNNHeads(body.out_channels, [mask_head_channels] * 4, dilation=1)
             kwargs["mask_predictor"] = MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes)

@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write, load_checkpoint, read_manifest, recover_file_set, write_file_set
+from ..checkpoint import (atomic_write, committed_path, load_checkpoint, read_manifest, recover_file_set,
+                          write_file_set)
 
-__all__ = ["RunDir", "check_out_dir"]
+__all__ = ["RunDir", "check_out_dir", "check_out_file"]
 
 
 def check_out_dir(path: str | os.PathLike[str]) -> Path:
@@ -53,6 +54,22 @@ def check_out_dir(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def check_out_file(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Raise a one-line ValueError now if a file cannot be written at ``path`` (its folder is created later)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a directory; give a file name")
+    existing = path.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {str(path)!r} cannot be written: {str(existing)!r} is a file, not a directory")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(existing, os.W_OK | os.X_OK)
+    if not writable:
+        raise ValueError(f"{option} {str(path)!r} cannot be written: permission denied")
+    return path
+
+
 class RunDir:
     """The files of one run (see the module docstring). Only rank 0 writes."""
 
@@ -65,7 +82,7 @@ class RunDir:
 
     def holds_run(self) -> bool:
         """Whether an epoch was ever committed here."""
-        return self.last.is_file() or (self.path / "manifest.json").is_file()
+        return committed_path(self.last).is_file() or (self.path / "manifest.json").is_file()
 
     @classmethod
     def for_resume(cls, path: str | os.PathLike[str]) -> tuple[RunDir, Path]:
@@ -73,13 +90,13 @@ class RunDir:
         path = Path(path)
         if path.is_dir():
             run = cls(path)
-            if not run.last.is_file():
+            if not committed_path(run.last).is_file():
                 raise FileNotFoundError(
                     f"no checkpoint to resume in {str(path)!r} (no last.pt): the run stopped before its first "
                     "epoch ended; start it again without --resume"
                 )
             return run, run.last
-        if path.is_file():
+        if committed_path(path).is_file():
             return cls(path.parent), path
         raise FileNotFoundError(f"--resume {str(path)!r}: no such run directory or checkpoint file")
 
