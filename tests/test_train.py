@@ -383,3 +383,26 @@ def test_two_gloo_processes_match_one_process(idx_dir: Path, tmp_path: Path) -> 
     result = evaluate(model_two, torch.utils.data.DataLoader(data.val, batch_size=64), torch.device("cpu"), 10)
     assert result.top1 == pytest.approx(two[-1]["val_acc"]) and result.top5 == pytest.approx(two[-1]["val_top5"])
     assert result.loss == pytest.approx(two[-1]["val_loss"], rel=1e-5)
+
+
+def test_bad_images_skip_finds_a_truncated_jpeg_before_training(image_folder: Path, tmp_path: Path) -> None:
+    """A JPEG cut in half passes ``Image.verify`` (the old scan) but not a full decode: it is reported by
+    path before the first epoch and left out, and the run goes on."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    victim = image_folder / "train" / "cat" / "cut.jpg"
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(victim, quality=95)
+    victim.write_bytes(victim.read_bytes()[:300])
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "botnet", "train", "--dataset", "folder", "--data-dir", str(image_folder), "--model",
+         "resnet_mini", "--img-size", "16", "--epochs", "1", "--batch-size", "4", "--no-progress", "--out", str(out)],
+        capture_output=True, text=True, env=_env(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    header = result.stdout.split("epoch", 1)[0]
+    assert "cut.jpg" in header and "broken.png" in header  # reported before training starts
+    skipped = json.loads((out / "config.json").read_text())["data"]["skipped_images"]
+    assert sorted(Path(item["path"]).name for item in skipped) == ["broken.png", "cut.jpg"]
+    assert json.loads((out / "config.json").read_text())["data"]["train_size"] == 12

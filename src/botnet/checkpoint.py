@@ -281,6 +281,8 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
+    if "WeightsUnpickler error:" in text:  # torch's long preamble says nothing about this file
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
     return text.splitlines()[0].strip() if text else type(err).__name__
 
 

@@ -282,12 +282,17 @@ class ClassificationTrainer(Trainer):
     def describe(self) -> str:
         config, data, info = self.config, self.data, self.dist
         params = sum(p.numel() for p in self.model.parameters())
-        return (
+        lines = [
+            f"[yellow]skipped unreadable image[/] {item['path']}: {item['reason']}"
+            for item in data.info.get("skipped_images") or []
+        ]
+        lines.append(
             f"[bold]botnet train[/] {config.model} ({params / 1e6:.2f}M params) on {config.dataset} "
             f"{data.img_size[0]}x{data.img_size[1]}: {len(data.train)} train / {len(data.val)} val images, "
             f"{info.world_size} process(es) on {self.device}, batch {config.batch_size}x{info.world_size}, "
             f"{config.epochs} epochs -> {self.run.path}"
         )
+        return "\n".join(lines)
 
     def epoch_line(self, record: dict[str, Any]) -> str:
         train_acc = "" if record["train_acc"] is None else f" acc {record['train_acc']:.4f}"

@@ -112,8 +112,14 @@ class RunDir:
                 f"{str(self.path)!r} already holds a training run (last.pt); continue it with "
                 f"--resume {self.path} or choose another --out"
             )
+        self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         return recover_file_set(self.path)
+
+    def discard_if_empty(self) -> None:
+        """Remove the directory if this run created it and wrote nothing (it failed while starting)."""
+        if getattr(self, "created", False) and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     def load_last(self, path: Path | None = None) -> dict[str, Any]:
         return load_checkpoint(path or self.last)

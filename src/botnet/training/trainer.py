@@ -92,6 +92,8 @@ class Trainer:
         try:
             self._set_up(checkpoint, resume_run)
         except BaseException:
+            if self.dist.is_main and getattr(self, "run", None) is not None:
+                self.run.discard_if_empty()
             cleanup(self.dist)
             raise
 
