@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..images import find_unreadable, read_image
+from ..images import IMAGENET_MEAN, IMAGENET_STD, find_unreadable, read_image
 
 __all__ = [
     "DATASETS",
@@ -59,8 +59,6 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 DEFAULT_IMG_SIZE = {"digits": 32, "fashion-mnist": 28, "folder": 64}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -21,13 +21,11 @@ from typing import Any
 import torch
 
 from ..images import read_image as read_image_tensor
-from ..images import read_pil
+from ..images import IMAGENET_MEAN, IMAGENET_STD, read_pil
 from ..models.network import BoTNet
 
 __all__ = ["Preprocessing", "preprocessing_from_meta", "read_image", "predict_topk", "classify_files"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

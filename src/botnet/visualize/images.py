@@ -9,12 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..images import read_pil
+from ..images import IMAGENET_MEAN, IMAGENET_STD, read_pil
 
 __all__ = ["load_image", "resized_size", "to_model_input", "IMAGENET_MEAN", "IMAGENET_STD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_image(path: str | os.PathLike[str], channels: int = 3) -> np.ndarray:
