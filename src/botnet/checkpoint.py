@@ -306,7 +306,8 @@ def _diagnose(path: Path, err: BaseException) -> CheckpointError:
     message = str(err)
     if "Unsupported global" in message:
         detail = message[message.find("Unsupported global"):].splitlines()[0]
-        return _unsafe(path, detail)
+        name = detail.split("GLOBAL", 1)[-1].split(" was not", 1)[0].strip()
+        return _unsafe(path, f"it names {name}")
     if path.stat().st_size == 0:
         return CheckpointError(f"{str(path)!r} is empty (0 bytes): a damaged checkpoint (was its writing interrupted?)")
     try:
@@ -329,8 +330,8 @@ def _diagnose(path: Path, err: BaseException) -> CheckpointError:
 
 def _unsafe(path: Path, detail: str) -> CheckpointError:
     return CheckpointError(
-        f"refusing to load {str(path)!r}: it carries pickled Python objects, and loading it would unpickle "
-        f"arbitrary objects or code (weights_only=True refuses them; {detail})"
+        f"refusing to load {str(path)!r}: it is not a plain tensor checkpoint but carries pickled Python objects, "
+        f"and loading it would unpickle arbitrary objects or code (weights_only=True refuses them; {detail})"
     )
 
 
