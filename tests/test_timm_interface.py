@@ -294,27 +294,16 @@ def test_forward_intermediates_indices_and_errors() -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 @torch.no_grad()
-def test_timm_create_options_and_feature_wrappers(name: str) -> None:
+def test_timm_create_model_with_global_pool_and_no_classifier(name: str) -> None:
     timm = pytest.importorskip("timm")
     from botnet.timm_models import timm_name
 
     model = model_for(name)
     x = image_for(model)
-    expected = stages_by_hand(model, x)
-
     unpooled = timm.create_model(timm_name(name), num_classes=0, global_pool="").eval()
     unpooled.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fc.")})
-    assert unpooled.pretrained_cfg["fixed_input_size"] is False
-    assert torch.equal(unpooled(x), expected[-1])
-
-    getter = timm.create_model(timm_name(name), features_only=True, feature_cls="getter", out_indices=(1, 2))
-    # Pruned: c5 (layer4) and the head are gone, everything else loads strictly.
-    getter.model.load_state_dict({k: v for k, v in unpooled.state_dict().items() if not k.startswith("layer4.")})
-    assert getter.feature_info.channels() == [model.feature_info[i]["num_chs"] for i in (1, 2)]
-    assert getter.feature_info.reduction() == [model.feature_info[i]["reduction"] for i in (1, 2)]
-    assert sum(p.numel() for p in getter.model.layer4.parameters()) == 0
-    got = getter.eval()(x)
-    assert len(got) == 2 and torch.equal(got[0], expected[1]) and torch.equal(got[1], expected[2])
+    assert isinstance(unpooled, botnet.BoTNet) and unpooled.pretrained_cfg["fixed_input_size"] is False
+    assert torch.equal(unpooled(x), stages_by_hand(model, x)[-1])
 
 
 @torch.no_grad()
@@ -330,6 +319,17 @@ def test_timm_feature_classes_agree() -> None:
         assert features.feature_info.reduction() == [1, 2, 4, 8]
     for feature_cls, maps in outputs.items():
         assert len(maps) == 4 and all(torch.equal(a, b) for a, b in zip(maps, outputs["list"])), feature_cls
+
+    # "getter" prunes what the indices asked for do not need: here c5 and the head.
+    torch.manual_seed(0)
+    getter = timm.create_model("botnet_tiny", features_only=True, feature_cls="getter", out_indices=(1, 2)).eval()
+    info = model_for("botnet_tiny").feature_info
+    assert getter.feature_info.channels() == [info[1]["num_chs"], info[2]["num_chs"]]
+    assert getter.feature_info.reduction() == [info[1]["reduction"], info[2]["reduction"]]
+    assert len(getter.model.layer4) == 0 and isinstance(getter.model.fc, nn.Identity)
+    got = getter(x)
+    assert len(got) == 2 and torch.equal(got[0], outputs["list"][1]) and torch.equal(got[1], outputs["list"][2])
+
     model = model_for("botnet_tiny")
     grouped = timm.models.group_parameters(model, model.group_matcher())
     assert len(grouped) == 1 + 4 + 1  # stem, one block per stage, head
