@@ -55,3 +55,17 @@ def test_models_benchmark_tiny(tmp_path):
     assert bot["params"] < res["params"]  # attention replaces the 3x3 convolutions of the last stage
     assert bot["baseline"] == "resnet_tiny"
     assert bot["throughput_vs_baseline"] == pytest.approx(bot["img_per_s"] / res["img_per_s"])
+
+
+def test_checkpointing_benchmark_tiny(tmp_path):
+    out = tmp_path / "checkpointing.json"
+    _run("checkpointing.py", "--configs", "features:botnet_tiny:32:1", "--warmup", "0", "--steps", "1",
+         "--out", str(out), cwd=tmp_path)  # fmt: skip
+    rows = {r["checkpointing"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"off", "on"}
+    off, on = rows["off"], rows["on"]
+    assert all(r["task"] == "features" and r["img_size"] == 32 and r["step_s"] > 0 for r in rows.values())
+    assert off["memory_vs_off"] == 1.0 and on["memory_vs_off"] == pytest.approx(on["peak_bytes"] / off["peak_bytes"])
+    assert on["time_vs_off"] == pytest.approx(on["step_s"] / off["step_s"])
+    assert 1.1 < on["flops_vs_off"] < 1.6  # the recomputation: about one more forward of the blocks
+    assert "| features | botnet_tiny | 32 | 1 | on |" in out.with_suffix(".md").read_text()

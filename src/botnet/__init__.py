@@ -4,6 +4,7 @@ Paper-exact BoT blocks and models, 2D relative position logits that work at
 any input size, and tools to train, inspect and deploy them.
 """
 
+from . import compat
 from .layers import (
     AbsolutePosition2d,
     BoTBlock,
@@ -17,7 +18,7 @@ from .layers import (
 )
 from .models import BoTNet, ModelSpec, StageSpec, build_model, create_model, list_models, register_model
 from .timm_models import register_if_timm_installed
-from .weights import LoadReport, load_resnet_weights
+from .weights import LoadReport, botnet50_from_torchvision, load_resnet_weights
 
 register_if_timm_installed()  # optional: timm.create_model("botnet50") once timm is imported too
 
@@ -35,7 +36,9 @@ __all__ = [
     "RelativePosition2d",
     "SqueezeExcite",
     "StageSpec",
+    "botnet50_from_torchvision",
     "build_model",
+    "compat",
     "create_model",
     "list_models",
     "load_resnet_weights",

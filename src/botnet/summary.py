@@ -29,7 +29,7 @@ def _parts(model: BoTNet) -> list[tuple[str, nn.Module, callable]]:
     stem = nn.Sequential(model.conv1, model.bn1, model.act, model.maxpool)
     parts: list[tuple[str, nn.Module, callable]] = [("stem", stem, stem)]
     parts += [(name, stage, stage) for name, stage in zip(STAGE_NAMES, model.stages)]
-    head_modules = nn.ModuleList([model.avgpool, model.drop, model.fc])
+    head_modules = nn.ModuleList([model.global_pool, model.drop, model.fc])
     parts.append(("head", head_modules, model.forward_head))
     return parts
 

@@ -23,8 +23,12 @@ registered.
 ``features_only=True`` uses timm's ``FeatureListNet`` over the model's
 ``feature_info``: four maps, c2..c5 (``out_indices`` 0..3, strides 4, 8,
 16, 32 for the ImageNet stem), unlike timm's ResNets whose index 0 is the
-stem at stride 2. ``feature_cls="dict"`` and ``"hook"`` work too;
-``"getter"`` does not (no ``forward_intermediates``).
+stem at stride 2. ``feature_cls="dict"``, ``"hook"``, ``"getter"``
+(:meth:`~botnet.BoTNet.forward_intermediates` on a model pruned by
+``prune_intermediate_layers``) and ``"fx"`` (torch.fx) work too and give
+the same maps. Every create option of timm's ResNets that botnet models
+share is passed through: ``num_classes``, ``in_chans``, ``global_pool``,
+``drop_rate``, and any :class:`~botnet.ModelSpec` field.
 """
 
 from __future__ import annotations
@@ -45,9 +49,6 @@ TIMM_NAMES: dict[str, str] = {}
 # timm's register_model looks the configs up on the entrypoint's module by name.
 default_cfgs: dict[str, Any] = {}
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def timm_name(name: str) -> str:
     """The timm registry name for a botnet model name (``resnet50`` -> ``botnet_resnet50``)."""
@@ -57,35 +58,15 @@ def timm_name(name: str) -> str:
 def pretrained_cfg(name: str) -> dict[str, Any]:
     """timm pretrained config for botnet model ``name`` (no weights: ``url`` is empty).
 
-    The input size is the spec's reference size (the size the position
-    tables are made for); any other size of at least the network's stride
-    works too, so ``fixed_input_size`` is False.
+    The same as ``botnet.create_model(name).pretrained_cfg``: the input size
+    is the spec's reference size (the size the position tables are made
+    for); any other size of at least the network's stride works too, so
+    ``fixed_input_size`` is False.
     """
+    from .models.pretrained_cfg import pretrained_cfg as spec_pretrained_cfg
     from .models.registry import get_model_spec
 
-    spec = get_model_spec(name)
-    ref = spec.ref_img_size
-    height, width = (ref, ref) if isinstance(ref, int) else tuple(ref)
-    stride = spec.total_stride
-    return {
-        "url": "",
-        "num_classes": spec.num_classes,
-        "input_size": (spec.in_chans, height, width),
-        "min_input_size": (spec.in_chans, stride, stride),
-        "fixed_input_size": False,
-        "pool_size": (-(-height // stride), -(-width // stride)),
-        # The small-stem models are for 28-64 px images, used whole.
-        "crop_pct": 0.875 if spec.stem == "imagenet" else 1.0,
-        "interpolation": "bilinear",
-        "mean": _IMAGENET_MEAN,
-        "std": _IMAGENET_STD,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "description": spec.description,
-        "paper_ids": "arXiv:2101.11605",
-        "paper_name": "Bottleneck Transformers for Visual Recognition",
-        "license": "apache-2.0",
-    }
+    return spec_pretrained_cfg(get_model_spec(name))
 
 
 def _entrypoint(name: str, registered_as: str) -> Callable[..., Any]:

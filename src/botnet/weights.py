@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .layers.blocks import BoTBlock
 
-__all__ = ["LoadReport", "load_resnet_weights", "read_state_dict"]
+if TYPE_CHECKING:
+    from .models.network import BoTNet
+
+__all__ = ["LoadReport", "botnet50_from_torchvision", "load_resnet_weights", "read_state_dict"]
 
 
 @dataclass
@@ -147,3 +151,55 @@ def load_resnet_weights(
     if verbose:
         print(report.summary())
     return report
+
+
+def botnet50_from_torchvision(resnet: nn.Module, num_classes: int | None = None, **overrides: object) -> BoTNet:
+    """The paper's BoT50 from a torchvision ``resnet50``: its stem and c2-c4 (weights and BN statistics) kept.
+
+    What bottleneck-transformer-pytorch users build by hand with
+    ``nn.Sequential(*list(resnet.children())[:7], BottleStack(dim=1024, ...))``,
+    as one call that returns ``create_model("botnet50")`` itself (same
+    modules, names, ``feature_maps``, timm interface, checkpoints): c5
+    (``layer4``) is three fresh BoT blocks, the classifier is fresh, and
+    everything before c5 is copied with :func:`load_resnet_weights`, so
+    ``model.feature_maps(x)`` c2..c4 equal the ResNet's ``layer1``..``layer3``
+    outputs bit for bit (in eval mode).
+
+    Args:
+        resnet: ``torchvision.models.resnet50(...)`` (any weights, any
+            number of classes, any input channels), or a timm ``resnet50``.
+        num_classes: classifier outputs; None: as many as ``resnet.fc``.
+        **overrides: :class:`~botnet.ModelSpec` fields, e.g. ``ref_img_size=1024``.
+
+    Returns:
+        A :class:`~botnet.BoTNet` on the ResNet's device and dtype, in its
+        train/eval mode.
+
+    Raises:
+        ValueError: ``resnet`` is not a ResNet-50 (a tensor of its stem or
+            c2-c4 has no counterpart of the same shape in botnet50).
+
+    Example:
+        >>> resnet = torchvision.models.resnet50(weights="IMAGENET1K_V2")
+        >>> model = botnet.botnet50_from_torchvision(resnet, num_classes=10)
+    """
+    from .models.registry import create_model
+
+    weight = resnet.conv1.weight
+    fc = getattr(resnet, "fc", None)
+    if num_classes is None:
+        num_classes = fc.out_features if isinstance(fc, nn.Linear) else 0
+    model = create_model("botnet50", num_classes=num_classes, in_chans=weight.shape[1], **overrides)
+    report = load_resnet_weights(model, resnet.state_dict())
+    # Everything outside c5 and the classifier must have been copied: a ResNet-101 or a
+    # ResNeXt has tensors botnet50 lacks or shapes it does not share.
+    unused = {k: why for k, why in report.skipped.items() if not k.startswith(("layer4.", "fc."))}
+    unused.update({k: "not in the ResNet" for k in report.missing if not k.startswith(("layer4.", "fc."))})
+    if unused:
+        first = sorted(unused)[:3]
+        raise ValueError(
+            f"expected a torchvision resnet50 (Bottleneck stages of depth 3, 4, 6, 3, width 64..512); "
+            f"{len(unused)} stem/c2-c4 tensors do not match botnet50's, e.g. "
+            + ", ".join(f"{k} ({unused[k]})" for k in first)
+        )
+    return model.to(device=weight.device, dtype=weight.dtype).train(resnet.training)

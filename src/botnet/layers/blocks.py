@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch.fx
 from torch import Tensor, nn
 
 from .mhsa import MHSA2d
 
-__all__ = ["SqueezeExcite", "Bottleneck", "BoTBlock", "BottleStack", "make_blocks", "ACT_LAYERS"]
+__all__ = ["SqueezeExcite", "Bottleneck", "BoTBlock", "BottleStack", "make_blocks", "attend", "ACT_LAYERS"]
 
 ActLayer = Callable[..., nn.Module]
 ACT_LAYERS: dict[str, ActLayer] = {"relu": nn.ReLU, "silu": nn.SiLU}
@@ -26,6 +27,21 @@ def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Module | None:
         nn.Conv2d(inplanes, outplanes, kernel_size=1, stride=stride, bias=False),
         nn.BatchNorm2d(outplanes),
     )
+
+
+@torch.fx.wrap
+def attend(attn: nn.Module, x: Tensor) -> Tensor:
+    """``attn(x)``, one opaque step for torch.fx symbolic tracing.
+
+    :class:`~botnet.layers.MHSA2d` reads its input's size in Python (to
+    resize the position tables and pick an attention path), which symbolic
+    tracing cannot do on proxies. Wrapped (``torch.fx.wrap``), the call is
+    recorded as one node and runs for real on every input, so a traced
+    BoTNet (torchvision's ``create_feature_extractor``, timm's
+    ``feature_cls="fx"``) stays correct at every input size. Eager
+    execution, torch.compile and export call ``attn(x)`` as before.
+    """
+    return attn(x)
 
 
 class SqueezeExcite(nn.Module):
@@ -150,7 +166,7 @@ class BoTBlock(_Residual):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.act(self.bn1(self.conv1(x)))
-        out = self.pool(self.attn(out))
+        out = self.pool(attend(self.attn, out))
         out = self.act(self.bn2(out))
         out = self.bn3(self.conv3(out))
         return self._finish(out, x)

@@ -43,6 +43,11 @@ class ModelSpec:
             reference for interpolation, not a constraint on inputs).
         zero_init_last: zero each block's last BN gamma (authors' init).
         num_classes, in_chans, drop_rate: head and input.
+        global_pool: the head's pooling, timm's names: ``"avg"`` (the
+            ResNet's), ``"max"``, ``"avgmax"``, ``"catavgmax"`` (average and
+            max concatenated: the classifier sees twice the channels) or
+            ``""`` (none: ``num_classes=0`` gives the c5 map, a classifier
+            gives per-position logits).
     """
 
     stages: tuple[StageSpec, StageSpec, StageSpec, StageSpec]
@@ -58,6 +63,7 @@ class ModelSpec:
     num_classes: int = 1000
     in_chans: int = 3
     drop_rate: float = 0.0
+    global_pool: str = "avg"
     description: str = field(default="", compare=False)
 
     def with_overrides(self, **overrides: Any) -> ModelSpec:
