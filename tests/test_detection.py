@@ -477,3 +477,34 @@ def test_cli_errors_are_one_line(tmp_path, capsys, shapes):
     assert main(["detect", "predict", str(tmp_path / "none.png"), "--checkpoint", str(tmp_path),
                  "--out", str(tmp_path)]) == 2
     assert "no image or folder" in capsys.readouterr().err
+
+
+def test_frozen_resnet_start_keeps_the_bot_blocks_trainable():
+    """With ResNet weights and frozen BN, the BoT blocks (no ResNet statistics to freeze) keep trainable
+    BatchNorm: frozen at their zero-initialised last gamma they would never pass a gradient to attention."""
+    from botnet.layers import BoTBlock
+
+    source = create_model("resnet_tiny", num_classes=0).state_dict()
+    backbone = botnet_fpn_backbone("botnet_tiny", weights=source, returned_layers=(2, 3, 4), out_channels=16)
+    body = backbone.body
+    bot = [m for m in body.modules() if isinstance(m, BoTBlock)]
+    assert bot and all(isinstance(m.bn3, nn.BatchNorm2d) for m in bot)
+    assert isinstance(body.layer3[0].bn1, FrozenBatchNorm2d) and isinstance(body.bn1, FrozenBatchNorm2d)
+    features = backbone(torch.randn(2, 3, 48, 48))
+    sum(f.float().pow(2).mean() for f in features.values()).backward()
+    for block in bot:
+        assert block.attn.qkv.weight.grad.abs().sum() > 0 or block.bn3.weight.grad.abs().sum() > 0
+    # The rule does not depend on the weights, so a saved detector is rebuilt with the same modules.
+    scratch = botnet_fpn_backbone("botnet_tiny", norm_layer="frozen", returned_layers=(2, 3, 4), out_channels=16)
+    assert [type(m) for m in scratch.body.modules()] == [type(m) for m in body.modules()]
+
+
+def test_blocks_take_a_norm_layer():
+    frozen = create_model("botnet_tiny", num_classes=5, norm_layer=FrozenBatchNorm2d).eval()
+    plain = create_model("botnet_tiny", num_classes=5).eval()
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules()) == sum(
+        isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    frozen.load_state_dict(plain.state_dict(), strict=False)  # FrozenBatchNorm2d drops num_batches_tracked
+    x = torch.randn(2, 3, 32, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), plain(x))

@@ -21,6 +21,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..checkpoint import model_meta
+from ..layers.blocks import BoTBlock
 from ..models import BoTNet, create_model
 from ..weights import LoadReport, load_resnet_weights
 
@@ -36,14 +37,17 @@ NORM_LAYERS: dict[str, type[nn.Module]] = {
 _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
+def freeze_batchnorm(module: nn.Module, keep: tuple[type[nn.Module], ...] = ()) -> nn.Module:
     """Replace every ``BatchNorm2d`` in ``module`` by a ``FrozenBatchNorm2d`` with the same statistics.
 
     Frozen BN is an affine per-channel map fixed at the current running mean
     and variance: the usual choice for detection, whose per-GPU batches (2
-    images) are too small for batch statistics. Returns ``module`` (changed
+    images) are too small for batch statistics. Submodules that are
+    instances of ``keep`` are left as they are. Returns ``module`` (changed
     in place; a bare ``BatchNorm2d`` argument is returned converted).
     """
+    if keep and isinstance(module, keep):
+        return module
     if isinstance(module, nn.BatchNorm2d):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         with torch.no_grad():
@@ -55,7 +59,7 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
                 frozen.running_var.copy_(module.running_var)
         return frozen.to(next(module.buffers(), torch.empty(0)).device)
     for name, child in module.named_children():
-        converted = freeze_batchnorm(child)
+        converted = freeze_batchnorm(child, keep)
         if converted is not child:
             setattr(module, name, converted)
     return module
@@ -156,7 +160,10 @@ def botnet_fpn_backbone(
             stem (torchvision's rule). Default: 3 with weights, else 5.
         norm_layer: ``FrozenBatchNorm2d``, ``nn.BatchNorm2d``,
             ``nn.SyncBatchNorm`` or "frozen" / "bn" / "syncbn". Default:
-            frozen with weights, else BatchNorm2d.
+            frozen with weights, else BatchNorm2d. Frozen freezes the
+            convolutional parts (what holds a ResNet's statistics); the BoT
+            blocks, which start from their initialisation, keep trainable
+            BatchNorm.
         returned_layers: stages (1 = c2/layer1 ... 4 = c5/layer4) fed to the FPN.
         out_channels: FPN width (256 in the paper and torchvision).
         extra_blocks: extra FPN levels (default: max-pool of the last, "pool").
@@ -190,7 +197,11 @@ def botnet_fpn_backbone(
     if weights is not None:
         report = load_resnet_weights(model, weights)  # raises when no tensor fits
     if norm is FrozenBatchNorm2d:
-        freeze_batchnorm(model)
+        # BoT blocks get nothing from a ResNet: freezing their BN would fix it at its
+        # initialisation, and the zero-initialised last BN would cut the attention branch off
+        # for good. They keep trainable BatchNorm; the convolutional parts are frozen. (The rule
+        # does not depend on `weights`, so a saved detector is rebuilt the same way.)
+        freeze_batchnorm(model, keep=(BoTBlock,))
     elif norm is nn.SyncBatchNorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 

@@ -138,7 +138,11 @@ def load_detector(path: PathLike, map_location: str | torch.device = "cpu") -> t
         config.norm = "bn"
     model = build_from_config(config, backbone_meta=backbone_meta)
     try:
-        model.load_state_dict(state)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # Detectors saved before the BoT blocks kept trainable BN under "frozen" lack only their
+        # BN step counters (unused in eval); anything else missing is an error.
+        if unexpected or any(not key.endswith("num_batches_tracked") for key in missing):
+            model.load_state_dict(state)  # raises with torch's list of keys
     except RuntimeError as err:
         raise CheckpointError(f"{str(path)!r}: the weights do not fit the detector it describes "
                               f"({str(err).splitlines()[0]})") from None

@@ -16,16 +16,19 @@ from .mhsa import MHSA2d
 __all__ = ["SqueezeExcite", "Bottleneck", "BoTBlock", "BottleStack", "make_blocks", "attend", "ACT_LAYERS"]
 
 ActLayer = Callable[..., nn.Module]
+# torchvision's convention: a callable of the channel count (nn.BatchNorm2d, FrozenBatchNorm2d,
+# nn.SyncBatchNorm, or e.g. lambda c: nn.GroupNorm(32, c)).
+NormLayer = Callable[[int], nn.Module]
 ACT_LAYERS: dict[str, ActLayer] = {"relu": nn.ReLU, "silu": nn.SiLU}
 
 
-def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Module | None:
-    """1x1 conv (with the block's stride) + BN when shape or stride changes, as in the paper."""
+def _shortcut(inplanes: int, outplanes: int, stride: int, norm_layer: NormLayer = nn.BatchNorm2d) -> nn.Module | None:
+    """1x1 conv (with the block's stride) + norm when shape or stride changes, as in the paper."""
     if stride == 1 and inplanes == outplanes:
         return None
     return nn.Sequential(
         nn.Conv2d(inplanes, outplanes, kernel_size=1, stride=stride, bias=False),
-        nn.BatchNorm2d(outplanes),
+        norm_layer(outplanes),
     )
 
 
@@ -88,7 +91,8 @@ class Bottleneck(_Residual):
 
     Shape: (B, inplanes, H, W) -> (B, 4 * planes, ceil(H / stride), ceil(W / stride)).
     With ``se_ratio > 0`` it is an SE bottleneck (use ``act_layer=nn.SiLU``
-    for the S1 models).
+    for the S1 models). ``norm_layer`` as in torchvision (e.g.
+    ``FrozenBatchNorm2d`` for detection).
     """
 
     def __init__(
@@ -98,18 +102,19 @@ class Bottleneck(_Residual):
         stride: int = 1,
         act_layer: ActLayer = nn.ReLU,
         se_ratio: float = 0.0,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         outplanes = planes * self.expansion
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm_layer(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm_layer(planes)
         self.conv3 = nn.Conv2d(planes, outplanes, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(outplanes)
+        self.bn3 = norm_layer(outplanes)
         self.se = SqueezeExcite(outplanes, se_ratio) if se_ratio > 0 else None
         self.act = act_layer(inplace=True)
-        self.downsample = _shortcut(inplanes, outplanes, stride)
+        self.downsample = _shortcut(inplanes, outplanes, stride, norm_layer)
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,6 +148,7 @@ class BoTBlock(_Residual):
         ref_size: int | tuple[int, int] = 14,
         act_layer: ActLayer = nn.ReLU,
         se_ratio: float = 0.0,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -153,15 +159,15 @@ class BoTBlock(_Residual):
             dim_head = planes // heads
         outplanes = planes * self.expansion
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm_layer(planes)
         self.attn = MHSA2d(planes, heads=heads, dim_head=dim_head, pos_emb=pos_emb, ref_size=ref_size)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2, ceil_mode=True) if stride == 2 else nn.Identity()
-        self.bn2 = nn.BatchNorm2d(self.attn.out_channels)
+        self.bn2 = norm_layer(self.attn.out_channels)
         self.conv3 = nn.Conv2d(self.attn.out_channels, outplanes, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(outplanes)
+        self.bn3 = norm_layer(outplanes)
         self.se = SqueezeExcite(outplanes, se_ratio) if se_ratio > 0 else None
         self.act = act_layer(inplace=True)
-        self.downsample = _shortcut(inplanes, outplanes, stride)
+        self.downsample = _shortcut(inplanes, outplanes, stride, norm_layer)
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
@@ -186,6 +192,7 @@ def make_blocks(
     act_layer: ActLayer = nn.ReLU,
     se_ratio: float = 0.0,
     zero_init_last: bool = True,
+    norm_layer: NormLayer = nn.BatchNorm2d,
 ) -> list[nn.Module]:
     """Blocks of one stage; the first carries the stride and channel change.
 
@@ -205,10 +212,11 @@ def make_blocks(
         if index >= depth - attention:
             block = BoTBlock(
                 block_in, planes, block_stride, heads=heads, dim_head=dim_head, pos_emb=pos_emb,
-                ref_size=size, act_layer=act_layer, se_ratio=se_ratio,
+                ref_size=size, act_layer=act_layer, se_ratio=se_ratio, norm_layer=norm_layer,
             )
         else:
-            block = Bottleneck(block_in, planes, block_stride, act_layer=act_layer, se_ratio=se_ratio)
+            block = Bottleneck(block_in, planes, block_stride, act_layer=act_layer, se_ratio=se_ratio,
+                               norm_layer=norm_layer)
         if zero_init_last:
             block.zero_init_last()
         blocks.append(block)
@@ -238,11 +246,12 @@ class BottleStack(nn.Sequential):
         ref_size: int | tuple[int, int] = 14,
         act_layer: ActLayer = nn.ReLU,
         se_ratio: float = 0.0,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         size = (ref_size, ref_size) if isinstance(ref_size, int) else tuple(ref_size)
         super().__init__(
             *make_blocks(
                 inplanes, planes, depth, stride, attention=depth, heads=heads, dim_head=dim_head,
-                pos_emb=pos_emb, ref_size=size, act_layer=act_layer, se_ratio=se_ratio,
+                pos_emb=pos_emb, ref_size=size, act_layer=act_layer, se_ratio=se_ratio, norm_layer=norm_layer,
             )
         )

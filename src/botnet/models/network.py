@@ -12,7 +12,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from ..layers.attention import check_feature_map
-from ..layers.blocks import ACT_LAYERS, make_blocks
+from ..layers.blocks import ACT_LAYERS, NormLayer, make_blocks
 from ..layers.pooling import GlobalPool2d, check_global_pool
 from .grad_checkpoint import checkpoint_blocks
 from .indices import take_indices
@@ -70,7 +70,7 @@ class BoTNet(nn.Module):
     ``min_input_size`` (the network's total stride).
     """
 
-    def __init__(self, spec: ModelSpec, name: str = "botnet") -> None:
+    def __init__(self, spec: ModelSpec, name: str = "botnet", norm_layer: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__()
         if spec.act not in ACT_LAYERS:
             raise ValueError(f"act must be one of {sorted(ACT_LAYERS)}, got {spec.act!r}")
@@ -91,7 +91,7 @@ class BoTNet(nn.Module):
             spec.in_chans, spec.stem_width, kernel_size=7 if imagenet_stem else 3,
             stride=2 if imagenet_stem else 1, padding=3 if imagenet_stem else 1, bias=False,
         )
-        self.bn1 = nn.BatchNorm2d(spec.stem_width)
+        self.bn1 = norm_layer(spec.stem_width)
         self.act = act_layer(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if imagenet_stem else nn.Identity()
         reduction = 4 if imagenet_stem else 1
@@ -105,6 +105,7 @@ class BoTNet(nn.Module):
                 inplanes, stage.planes, stage.depth, stage.stride, stage.attention,
                 heads=spec.heads, dim_head=spec.dim_head, pos_emb=spec.pos_emb, ref_size=ref_size,
                 act_layer=act_layer, se_ratio=spec.se_ratio, zero_init_last=spec.zero_init_last,
+                norm_layer=norm_layer,
             )
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
             inplanes = stage.planes * 4
@@ -296,6 +297,6 @@ class BoTNet(nn.Module):
         return {"stem": r"^conv1|^bn1", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
 
 
-def build_model(spec: ModelSpec, name: str = "botnet") -> BoTNet:
+def build_model(spec: ModelSpec, name: str = "botnet", norm_layer: NormLayer | None = None) -> BoTNet:
     """The one builder: a :class:`BoTNet` from a :class:`ModelSpec`."""
-    return BoTNet(spec, name=name)
+    return BoTNet(spec, name=name, norm_layer=norm_layer or nn.BatchNorm2d)

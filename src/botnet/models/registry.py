@@ -6,6 +6,7 @@ import difflib
 import fnmatch
 from typing import Any
 
+from ..layers.blocks import NormLayer
 from .network import BoTNet, build_model
 from .spec import ModelSpec, StageSpec
 
@@ -37,13 +38,18 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}{hint} (available: {', '.join(list_models())})") from None
 
 
-def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, **overrides: Any) -> BoTNet:
+def create_model(
+    name: str, num_classes: int = 1000, in_chans: int = 3, norm_layer: NormLayer | None = None, **overrides: Any
+) -> BoTNet:
     """Build a registered model.
 
     Args:
         name: one of :func:`list_models`.
         num_classes: classifier outputs (0: no classifier, features only).
         in_chans: input channels.
+        norm_layer: the normalisation of every block and the stem, a
+            callable of the channel count as in torchvision (default
+            ``nn.BatchNorm2d``; e.g. ``torchvision.ops.misc.FrozenBatchNorm2d``).
         **overrides: any :class:`ModelSpec` field, e.g. ``pos_emb="absolute"``,
             ``act="silu"``, ``heads=8``, ``ref_img_size=256``.
 
@@ -58,7 +64,7 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, **overri
             "botnet.load_resnet_weights(model, path) instead"
         )
     spec = get_model_spec(name).with_overrides(num_classes=num_classes, in_chans=in_chans, **overrides)
-    return build_model(spec, name=name)
+    return build_model(spec, name=name, norm_layer=norm_layer)
 
 
 def _resnet50_stages(c5_attention: int) -> tuple[StageSpec, StageSpec, StageSpec, StageSpec]:
