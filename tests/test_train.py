@@ -406,3 +406,60 @@ def test_bad_images_skip_finds_a_truncated_jpeg_before_training(image_folder: Pa
     skipped = json.loads((out / "config.json").read_text())["data"]["skipped_images"]
     assert sorted(Path(item["path"]).name for item in skipped) == ["broken.png", "cut.jpg"]
     assert json.loads((out / "config.json").read_text())["data"]["train_size"] == 12
+
+
+def test_batched_loader_gives_the_per_image_pipeline_without_augmentation(idx_dir: Path) -> None:
+    """In-memory data train on whole batches; without augmentation they equal the per-image transforms,
+    and with it every batch is a function of the (seed, epoch) generator state."""
+    from torch.utils.data import DistributedSampler
+
+    from botnet.classification.data import BatchAugment, BatchedLoader
+
+    data = build_data("fashion-mnist", idx_dir, img_size=16, aug="none")
+    sampler = DistributedSampler(data.train, num_replicas=1, rank=0, shuffle=True, seed=0)
+    loader = BatchedLoader(data.train, sampler, 32, data.batch_augment, data.mean, data.std, torch.Generator())
+    assert data.batch_augment == BatchAugment() and len(loader) == 4
+    order = list(sampler)
+    for b, (images, labels) in enumerate(loader):
+        expected = torch.stack([data.train[i][0] for i in order[32 * b : 32 * b + 32]])
+        torch.testing.assert_close(images, expected, rtol=0, atol=1e-6)
+        assert labels.tolist() == [data.train[i][1] for i in order[32 * b : 32 * b + 32]]
+
+    augmented = build_data("fashion-mnist", idx_dir, img_size=16, aug="basic", reprob=0.5)
+    assert augmented.batch_augment == BatchAugment(padding=1, flip=True, reprob=0.5)
+
+    def epoch(seed: int) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        return [x for x, _ in BatchedLoader(augmented.train, sampler, 32, augmented.batch_augment, augmented.mean,
+                                            augmented.std, generator)]
+
+    first, again, other = epoch(1), epoch(1), epoch(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert any((x == 0).all(dim=1).any() for x in first)  # some erased pixels (0 = the mean after normalising)
+
+
+def test_flip_tta_evaluation_and_other_sizes(idx_dir: Path, tmp_path: Path) -> None:
+    data = build_data("fashion-mnist", idx_dir, img_size=16, aug="none")
+    torch.manual_seed(0)
+    model = create_model("resnet_tiny", num_classes=10, in_chans=1).eval()
+    loader = torch.utils.data.DataLoader(data.val, batch_size=16)
+    result = evaluate(model, loader, torch.device("cpu"), 10, tta_flip=True)
+    images = torch.stack([data.val[i][0] for i in range(len(data.val))])
+    labels = torch.tensor([data.val[i][1] for i in range(len(data.val))])
+    with torch.no_grad():
+        logits = 0.5 * (model(images) + model(images.flip(-1)))
+    assert result.top1 == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+
+    out = tmp_path / "run"
+    train(TrainConfig(dataset="fashion-mnist", data_dir=str(idx_dir), model="botnet_tiny", img_size=16, epochs=1,
+                      batch_size=32, out=str(out), progress=False, tta_flip=True))
+    from botnet.classification.evaluate import evaluate_checkpoint
+
+    same = evaluate_checkpoint(str(out / "last.pt"), data_dir=str(idx_dir), confusion_png=str(tmp_path / "c.png"))
+    assert same["tta_flip"] and same["top1"] == pytest.approx(_metrics(out)[-1]["val_acc"])
+    larger = evaluate_checkpoint(str(out / "last.pt"), data_dir=str(idx_dir), img_size=(24, 20),
+                                 tta_flip=False, confusion_png=str(tmp_path / "c.png"))
+    assert larger["img_size"] == [24, 20] and not larger["tta_flip"] and larger["images"] == 64
+    with pytest.raises(ValueError, match="not for --dataset digits"):
+        TrainConfig(tta_flip=True).validate()

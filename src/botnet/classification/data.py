@@ -38,6 +38,8 @@ __all__ = [
     "DATASETS",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
+    "BatchAugment",
+    "BatchedLoader",
     "ImageData",
     "InMemoryImages",
     "build_data",
@@ -61,6 +63,22 @@ FASHION_MNIST_CLASSES = (
 DEFAULT_IMG_SIZE = {"digits": 32, "fashion-mnist": 28, "folder": 64}
 
 
+@dataclass(frozen=True)
+class BatchAugment:
+    """Training augmentation of an in-memory dataset, applied to whole batches (:mod:`.augment`).
+
+    Attributes:
+        padding: random-crop padding in pixels (0: no crop).
+        flip: random horizontal flips.
+        reprob: random-erasing probability, applied after normalisation (erased pixels become 0,
+            the mean).
+    """
+
+    padding: int = 0
+    flip: bool = False
+    reprob: float = 0.0
+
+
 @dataclass
 class ImageData:
     """A classification dataset ready for training.
@@ -72,6 +90,9 @@ class ImageData:
         img_size: (H, W) of every image fed to the model.
         mean, std: per-channel normalisation applied by the transforms.
         info: JSON-able facts for config.json (sources, counts, skipped files).
+        batch_augment: for in-memory data whose augmentation has a batched form,
+            how to augment whole training batches (:class:`BatchedLoader`);
+            None: per image, through ``train``'s transforms.
     """
 
     train: Dataset
@@ -82,6 +103,7 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     info: dict[str, Any] = field(default_factory=dict)
+    batch_augment: BatchAugment | None = None
 
     @property
     def num_classes(self) -> int:
@@ -112,6 +134,48 @@ class InMemoryImages(Dataset):
         return image.as_subclass(Tensor), int(self.labels[index])
 
 
+class BatchedLoader:
+    """Whole batches of an in-memory dataset: one index gather, batched augmentation, normalisation.
+
+    The order comes from ``sampler`` (e.g. a ``DistributedSampler``: a function
+    of (seed, epoch, rank)), the random crops / flips / erasing from
+    ``generator`` (the trainer seeds it per epoch), so an epoch replays exactly
+    after a resume. Per batch it costs a few tensor operations instead of a
+    few Python calls per image (on Fashion-MNIST, 1.4 s per epoch against
+    33 s for the per-image torchvision pipeline on one core).
+
+    Yields:
+        (images (B, C, H, W) float32 normalised, labels (B,) int64); only full
+        batches when ``drop_last``.
+    """
+
+    def __init__(self, dataset: InMemoryImages, sampler: Any, batch_size: int, augment: BatchAugment,
+                 mean: Sequence[float], std: Sequence[float], generator: torch.Generator,
+                 drop_last: bool = True) -> None:
+        self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
+        self.augment, self.mean, self.std = augment, tuple(mean), tuple(std)
+        self.generator, self.drop_last = generator, drop_last
+
+    def __len__(self) -> int:
+        count = len(self.sampler)
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def __iter__(self):
+        from .augment import augment_batch, normalize_batch, random_erasing_batch
+
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        augment = self.augment
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = self.dataset.images[index]
+            if augment.padding or augment.flip:
+                images = augment_batch(images, self.generator, padding=augment.padding, flip=augment.flip)
+            images = normalize_batch(images, self.mean, self.std)
+            if augment.reprob > 0:
+                images = random_erasing_batch(images, self.generator, p=augment.reprob, value=0.0)
+            yield images, self.dataset.labels[index]
+
+
 # --------------------------------------------------------------------------- transforms
 
 
@@ -123,6 +187,7 @@ def build_transforms(
     aug: str = "basic",
     flip: bool = True,
     from_files: bool = False,
+    reprob: float = 0.0,
 ) -> Callable:
     """torchvision v2 transforms: augmentation (train only), then float + normalise.
 
@@ -133,6 +198,8 @@ def build_transforms(
         flip: horizontal flips are label-preserving (not for digits).
         from_files: inputs are uint8 images of any size (image folders), so
             resize (eval) or random-resized-crop (train) to ``img_size``.
+        reprob: random-erasing probability (train only), after
+            normalisation, erased pixels 0 (the mean).
     """
     from torchvision.transforms import v2
 
@@ -157,6 +224,8 @@ def build_transforms(
         elif aug != "basic":
             raise ValueError(f"aug must be 'none', 'basic' or 'randaugment', got {aug!r}")
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if train and reprob > 0:
+        steps.append(v2.RandomErasing(p=reprob, value=0))
     return v2.Compose(steps)
 
 
@@ -183,13 +252,19 @@ def _in_memory(
     flip: bool,
     info: dict[str, Any],
     norm: tuple[Sequence[float], Sequence[float]] | None,
+    reprob: float = 0.0,
 ) -> ImageData:
     train_images = _resize_uint8(train[0], img_size)
     val_images = _resize_uint8(val[0], img_size)
     # From the training split only, unless given (evaluating a model with its own normalisation).
     mean, std = _channel_stats(train_images) if norm is None else (tuple(norm[0]), tuple(norm[1]))
+    batch_augment = None
+    if flip and aug in ("none", "basic"):  # crop + flip (and erasing) have batched forms; digits' affine has not
+        basic = aug == "basic"
+        batch_augment = BatchAugment(padding=max(1, img_size[0] // 14) if basic else 0, flip=basic, reprob=reprob)
     return ImageData(
-        train=InMemoryImages(train_images, train[1], build_transforms(True, mean, std, img_size, aug, flip)),
+        train=InMemoryImages(train_images, train[1],
+                             build_transforms(True, mean, std, img_size, aug, flip, reprob=reprob)),
         val=InMemoryImages(val_images, val[1], build_transforms(False, mean, std, img_size, aug, flip)),
         class_names=list(class_names),
         in_chans=train_images.shape[1],
@@ -197,6 +272,7 @@ def _in_memory(
         mean=mean,
         std=std,
         info={"dataset": name, "train_size": len(train[1]), "val_size": len(val[1]), **info},
+        batch_augment=batch_augment,
     )
 
 
@@ -352,6 +428,7 @@ def _load_folder(
     in_chans: int,
     norm: tuple[Sequence[float], Sequence[float]] | None,
     workers: int = 0,
+    reprob: float = 0.0,
 ) -> ImageData:
     if bad_images not in ("skip", "error"):
         raise ValueError(f"bad_images must be 'skip' or 'error', got {bad_images!r}")
@@ -386,7 +463,8 @@ def _load_folder(
     else:
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
     return ImageData(
-        train=_Samples(train_samples, build_transforms(True, mean, std, img_size, aug, True, from_files=True), in_chans),
+        train=_Samples(train_samples, build_transforms(True, mean, std, img_size, aug, True, from_files=True,
+                                                       reprob=reprob), in_chans),
         val=_Samples(val_samples, build_transforms(False, mean, std, img_size, aug, True, from_files=True), in_chans),
         class_names=classes,
         in_chans=in_chans,
@@ -414,6 +492,7 @@ def build_data(
     in_chans: int = 3,
     norm: tuple[Sequence[float], Sequence[float]] | None = None,
     workers: int = 0,
+    reprob: float = 0.0,
 ) -> ImageData:
     """Build the train/validation datasets for ``dataset`` (see the module docstring).
 
@@ -428,6 +507,7 @@ def build_data(
             statistics (e.g. the values a checkpoint was trained with).
         workers: threads that decode image folders' files in the scan
             before training (0: in this thread).
+        reprob: random-erasing probability of training images.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -438,6 +518,7 @@ def build_data(
         return _in_memory(
             "digits", train, val, [str(d) for d in range(10)], size, aug, flip=False,
             info={"source": "sklearn.datasets.load_digits", "split": "stratified 80/20, seed 0"}, norm=norm,
+            reprob=reprob,
         )
     if dataset == "fashion-mnist":
         root = Path(data_dir) if data_dir else Path(FASHION_MNIST_DIR)
@@ -445,7 +526,8 @@ def build_data(
         return _in_memory(
             "fashion-mnist", splits["train"], splits["test"], FASHION_MNIST_CLASSES, size, aug, flip=True,
             info={"data_dir": str(root), "split": "official train (60k) / test (10k) as validation"}, norm=norm,
+            reprob=reprob,
         )
     if data_dir is None:
         raise ValueError("--dataset folder needs --data-dir (an ImageFolder root)")
-    return _load_folder(Path(data_dir), size, aug, bad_images, val_fraction, seed, in_chans, norm, workers)
+    return _load_folder(Path(data_dir), size, aug, bad_images, val_fraction, seed, in_chans, norm, workers, reprob)

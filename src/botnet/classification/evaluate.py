@@ -51,11 +51,13 @@ def evaluate(
     channels_last: bool = False,
     confusion: bool = False,
     dist_info: DistInfo | None = None,
+    tta_flip: bool = False,
 ) -> EvalResult:
     """Run ``model`` in eval mode over ``loader``; each rank passes its own shard.
 
     Sums (loss, correct, count, confusion) are all-reduced, so every rank gets
-    the metrics of the whole dataset.
+    the metrics of the whole dataset. ``tta_flip``: the logits are the mean of
+    the image's and its mirror image's (test-time augmentation).
     """
     was_training = model.training
     model.eval()
@@ -70,6 +72,8 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(images)
+            if tta_flip:
+                logits = 0.5 * (logits + model(images.flip(-1)))
         logits = logits.float()
         topk = logits.topk(k, dim=1).indices
         hits = topk == labels[:, None]
@@ -105,8 +109,15 @@ def evaluate_checkpoint(
     workers: int = 0,
     device: str = "auto",
     confusion_png: str | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    tta_flip: bool | None = None,
 ) -> dict:
     """Evaluate a saved classifier on a dataset split; what ``botnet eval`` prints.
+
+    ``img_size`` evaluates at another input size than the one trained at (the
+    images are resized; BoTNet's position tables interpolate). ``tta_flip``
+    averages the logits of each image and its mirror image; None: as the run
+    validated (recorded in the checkpoint).
 
     The image size, normalisation and class names come from the checkpoint;
     ``dataset`` defaults to the one it was trained on (image folders are
@@ -137,8 +148,10 @@ def evaluate_checkpoint(
     if missing:
         raise ValueError(f"{checkpoint!r} lacks {missing} in its description; it was not written by botnet train")
     how = meta.get("split", {}) if dataset == meta.get("dataset") else {}
+    size = tuple(meta["img_size"]) if img_size is None else img_size
+    tta = bool(meta.get("tta_flip", False)) if tta_flip is None else tta_flip
     data = build_data(
-        dataset, data_dir, tuple(meta["img_size"]), aug="none", in_chans=model.in_chans,
+        dataset, data_dir, size, aug="none", in_chans=model.in_chans,
         norm=(meta["mean"], meta["std"]), seed=how.get("seed", 0), val_fraction=how.get("val_fraction", 0.2),
         workers=workers,
     )
@@ -146,7 +159,7 @@ def evaluate_checkpoint(
         raise ValueError(f"the model was trained on classes {meta['class_names']} but {dataset} has {data.class_names}")
     images = data.val if split == "val" else data.train  # aug="none": no augmentation on either
     loader = DataLoader(images, batch_size=batch_size, num_workers=workers)
-    result = evaluate(model, loader, target, data.num_classes, confusion=True)
+    result = evaluate(model, loader, target, data.num_classes, confusion=True, tta_flip=tta)
     source = Path(checkpoint)
     png = Path(confusion_png) if confusion_png else (source if source.is_dir() else source.parent) / f"confusion-{split}.png"
     plot_confusion_matrix(
@@ -155,6 +168,7 @@ def evaluate_checkpoint(
     )
     return {
         "checkpoint": str(source), "model": meta["model"], "dataset": dataset, "split": split,
+        "img_size": list(data.img_size), "tta_flip": tta,
         "images": result.count, "loss": result.loss, "top1": result.top1, "top5": result.top5,
         "class_names": data.class_names,
         "per_class_accuracy": dict(zip(data.class_names, result.per_class_accuracy())),

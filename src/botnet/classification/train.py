@@ -31,7 +31,7 @@ from ..training.console import Progress
 from ..training.distributed import all_reduce_sum, average_buffers
 from ..training.rng import epoch_seed
 from ..training.trainer import Trainer
-from .data import DATASETS, ImageData, build_data
+from .data import DATASETS, BatchedLoader, ImageData, build_data
 from .evaluate import EvalResult, evaluate
 
 __all__ = ["TrainConfig", "ClassificationTrainer", "train", "RESUMABLE_OVERRIDES"]
@@ -71,11 +71,17 @@ class TrainConfig(RunConfig):
     cutmix: float = setting(0.0, "CutMix alpha (0: off)", nonneg_float, group="recipe")
     ema: bool = setting(False, "keep an EMA of the weights; it is evaluated and saved", group="recipe")
     ema_decay: float = setting(0.999, "EMA decay per step", fraction(0, 1, low_open=True), group="recipe")
+    reprob: float = setting(0.0, "random-erasing probability (timm's --reprob)", fraction(0, 1, high_open=False),
+                            group="recipe")
+    tta_flip: bool = setting(False, "validate with the mean logits of each image and its mirror image (test-time "
+                             "augmentation; not for digits)", group="recipe")
     channels_last: bool | None = setting(None, "channels_last memory format (default: on CUDA only)")
     sync_bn: bool = setting(False, "SyncBatchNorm under torchrun (CUDA only)")
 
     def validate(self) -> None:
         super().validate()
+        if self.tta_flip and self.dataset == "digits":
+            raise ValueError("--tta-flip mirrors images, which changes what a digit is; not for --dataset digits")
         if self.batch_size % self.accum_steps:
             raise ValueError(
                 f"--batch-size {self.batch_size} must be a multiple of --accum-steps {self.accum_steps} "
@@ -115,7 +121,7 @@ class ClassificationTrainer(Trainer):
         config, info = self.config, self.dist
         self.data: ImageData = build_data(
             config.dataset, config.data_dir, config.img_size, config.aug, config.bad_images,
-            config.val_fraction, config.seed, config.in_chans, workers=config.workers,
+            config.val_fraction, config.seed, config.in_chans, workers=config.workers, reprob=config.reprob,
         )
         # One sampler code path for 1 or N processes: the order is a function of (seed, epoch) only,
         # so a 2-process run sees the same global batches as a 1-process run with twice the batch.
@@ -124,10 +130,16 @@ class ClassificationTrainer(Trainer):
         )
         self.loader_generator = torch.Generator()
         pin = self.device.type == "cuda"
-        self.train_loader = DataLoader(
-            self.data.train, batch_size=config.batch_size, sampler=self.sampler, num_workers=config.workers,
-            drop_last=True, pin_memory=pin, generator=self.loader_generator,
-        )
+        if self.data.batch_augment is not None:  # in memory: whole batches, augmented with tensor ops
+            self.train_loader: Any = BatchedLoader(
+                self.data.train, self.sampler, config.batch_size, self.data.batch_augment, self.data.mean,
+                self.data.std, self.loader_generator,
+            )
+        else:
+            self.train_loader = DataLoader(
+                self.data.train, batch_size=config.batch_size, sampler=self.sampler, num_workers=config.workers,
+                drop_last=True, pin_memory=pin, generator=self.loader_generator,
+            )
         if len(self.train_loader) == 0:
             raise ValueError(
                 f"batch size {config.batch_size} x {info.world_size} process(es) is larger than the training "
@@ -186,7 +198,7 @@ class ClassificationTrainer(Trainer):
         data = self.data
         return model_meta(
             self.model, class_names=data.class_names, img_size=list(data.img_size), mean=list(data.mean),
-            std=list(data.std), dataset=data.info.get("dataset"),
+            std=list(data.std), dataset=data.info.get("dataset"), tta_flip=self.config.tta_flip,
             # How image folders were split, so `botnet eval` rebuilds the same validation images.
             split={"seed": self.config.seed, "val_fraction": self.config.val_fraction},
         )
@@ -265,7 +277,7 @@ class ClassificationTrainer(Trainer):
         average_buffers(model, self.dist)  # one model on every rank: the one rank 0 saves
         return evaluate(
             model, self.val_loader, self.device, self.data.num_classes, self.amp_dtype, self.channels_last,
-            dist_info=self.dist,
+            dist_info=self.dist, tta_flip=self.config.tta_flip,
         )
 
     def evaluate(self, epoch: int, progress: Progress) -> dict[str, Any]:

@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-b", "--batch-size", type=positive_int_arg, default=256)
     parser.add_argument("-j", "--workers", type=nonneg_int_arg, default=0)
     parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--img-size", nargs="+", type=positive_int_arg, metavar="SIZE",
+                        help="evaluate at this input size instead of the trained one: one side, or H W")
+    parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average the logits of each image and its mirror (default: as the run validated)")
     parser.add_argument("--confusion", metavar="PNG",
                         help="confusion-matrix image (default: confusion-SPLIT.png beside the checkpoint)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of tables")
@@ -35,16 +39,22 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..classification.evaluate import evaluate_checkpoint
+    from . import CommandError
 
+    if args.img_size is not None and len(args.img_size) > 2:
+        raise CommandError(f"--img-size takes one side or H W, got {len(args.img_size)} numbers")
+    size = None if args.img_size is None else (args.img_size * 2)[:2]
     payload = evaluate_checkpoint(
         args.checkpoint, args.dataset, args.data_dir, args.split, args.batch_size, args.workers, args.device,
-        args.confusion,
+        args.confusion, img_size=size, tta_flip=args.tta_flip,
     )
     if args.json:
         print(json.dumps(payload))
         return 0
     console = Console(highlight=False)
-    table = Table(title=f"{payload['model']}, {payload['dataset']} {payload['split']}")
+    size = "x".join(map(str, payload["img_size"]))
+    tta = ", flip TTA" if payload["tta_flip"] else ""
+    table = Table(title=f"{payload['model']}, {payload['dataset']} {payload['split']} at {size} px{tta}")
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("accuracy", justify="right")
