@@ -187,3 +187,24 @@ def test_config_file_then_command_line(tmp_path, capsys):
     assert (settings["batch_size"], settings["lr"], settings["img_size"], settings["ema"]) == (256, 0.05, 8, True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1] and "raw_val_acc" in records[0]
+
+
+def test_shipped_recipes_are_valid_and_share_their_base(tmp_path):
+    from pathlib import Path
+
+    from botnet.classification.train import TrainConfig
+    from botnet.training.config import load_config_file
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert {p.name for p in configs} >= {"fashion_mnist_cpu.yaml", "fashion_mnist_cpu_resnet.yaml",
+                                         "fashion_mnist_gpu.yaml"}
+    loaded = {p.name: load_config_file(p, TrainConfig) for p in configs}
+    for values in loaded.values():
+        TrainConfig(**values).validate()
+    botnet_recipe, twin = loaded["fashion_mnist_cpu.yaml"], loaded["fashion_mnist_cpu_resnet.yaml"]
+    assert {k: v for k, v in twin.items() if k != "model"} == {k: v for k, v in botnet_recipe.items() if k != "model"}
+    assert (botnet_recipe["model"], twin["model"]) == ("botnet_fmnist", "resnet_fmnist")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="loop"):
+        load_config_file(tmp_path / "a.yaml", TrainConfig)

@@ -12,7 +12,9 @@ and one check in every command, and the checks run both on the command line
 
 Configs also load from YAML (timm's ``-c config.yaml``): keys are field
 names (``batch_size`` or ``batch-size``); an unknown key or a bad value is a
-one-line error that names the file and the key.
+one-line error that names the file and the key. A ``base: other.yaml`` key
+(relative to the file) loads that file first, so a recipe and its variant
+(e.g. a ResNet twin) share one text.
 """
 
 from __future__ import annotations
@@ -286,13 +288,19 @@ def config_from_dict(cls: type[RunConfig], values: Mapping[str, Any], source: st
     return checked
 
 
-def load_config_file(path: str | os.PathLike[str], cls: type[RunConfig]) -> dict[str, Any]:
-    """The settings of a YAML file (a mapping of field names), checked against ``cls``."""
+def load_config_file(path: str | os.PathLike[str], cls: type[RunConfig], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The settings of a YAML file (a mapping of field names), checked against ``cls``.
+
+    A ``base`` key names another file (relative to this one) whose settings
+    this file's override.
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no config file at {str(path)!r}")
+    if path.resolve() in _seen:
+        raise ValueError(f"{str(path)!r}: 'base' files include each other in a loop")
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -306,4 +314,11 @@ def load_config_file(path: str | os.PathLike[str], cls: type[RunConfig]) -> dict
         return {}
     if not isinstance(values, dict):
         raise ValueError(f"{str(path)!r}: expected a mapping of settings (key: value), got a {type(values).__name__}")
-    return config_from_dict(cls, values, source=repr(str(path)))
+    settings: dict[str, Any] = {}
+    if "base" in values:
+        base = values.pop("base")
+        if not isinstance(base, str):
+            raise ValueError(f"{str(path)!r}: key 'base' must be a file name, got {base!r}")
+        settings = load_config_file(path.parent / base, cls, _seen + (path.resolve(),))
+    settings.update(config_from_dict(cls, values, source=repr(str(path))))
+    return settings
