@@ -63,6 +63,8 @@ class TrainConfig(RunConfig):
     bad_images: str = setting("skip", "folders: unreadable images are reported and left out before training "
                               "(skip), or stop the run (error)", choice("skip", "error"), group="data and model")
     drop_rate: float = setting(0.0, "dropout before the classifier", fraction(0, 1), group="data and model")
+    model_kwargs: dict[str, Any] = setting({}, "model options (ModelSpec fields) as key=value, e.g. pos_emb=absolute "
+                                           "heads=8", group="data and model")
     accum_steps: int = setting(1, "split each batch into N interleaved micro-batches (less memory; one optimiser "
                                "step)", positive_int, group="recipe")
     label_smoothing: float = setting(0.1, "label smoothing", fraction(0, 1), group="recipe")
@@ -152,7 +154,8 @@ class ClassificationTrainer(Trainer):
             pin_memory=pin,
         )
         model = create_model(
-            config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans, drop_rate=config.drop_rate
+            config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans, drop_rate=config.drop_rate,
+            **config.model_kwargs,
         )
         if config.sync_bn and info.enabled:
             if self.device.type != "cuda":

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from ..training.config import (RunConfig, _is_bool, _is_list, check_value, field_type_of, flag_name,
+from ..training.config import (RunConfig, _is_bool, _is_dict, _is_list, check_value, field_type_of, flag_name,
                                load_config_file, nonneg_int, positive_float, positive_int)
 
 __all__ = ["add_config_options", "config_overrides", "checked", "positive_int_arg", "nonneg_int_arg", "positive_float_arg",
@@ -87,7 +87,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[RunConfig], *,
         shown = "" if default is None else f" (default {default})"
         target.add_argument(
             *meta.get("flags", ()), flag_name(spec.name), dest=spec.name, default=None,
-            type=_field_arg(cls, spec), nargs="+" if _is_list(kind) else None,
+            type=_field_arg(cls, spec), nargs="+" if _is_list(kind) or _is_dict(kind) else None,
             metavar="{" + ",".join(map(str, choices)) + "}" if choices else None,
             help=f"{meta['help']}{shown}",
         )
@@ -96,8 +96,12 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[RunConfig], *,
 def config_overrides(args: argparse.Namespace, cls: type[RunConfig]) -> dict[str, Any]:
     """Settings from ``-c FILE`` updated by the options given on the command line."""
     values = load_config_file(args.config, cls) if getattr(args, "config", None) else {}
-    names = {spec.name for spec in dataclasses.fields(cls)}
-    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    fields = {spec.name: spec for spec in dataclasses.fields(cls)}
+    for name, value in vars(args).items():
+        if name in fields and value is not None:
+            if _is_dict(field_type_of(cls, fields[name])):  # argparse gave one {key: value} per item
+                value = {k: v for item in value for k, v in item.items()}
+            values[name] = value
     return values
 
 

@@ -174,6 +174,30 @@ def _is_bool(kind: Any) -> bool:
     return kind is bool or (_allows_none(kind) and bool in typing.get_args(kind))
 
 
+def _is_dict(kind: Any) -> bool:
+    args = typing.get_args(kind) if _allows_none(kind) else (kind,)
+    return any(typing.get_origin(a) is dict or a is dict for a in args)
+
+
+def key_values(value: Any) -> dict[str, Any]:
+    """A mapping from a dict, or from ``"key=value"`` strings (values read as YAML: 8, 0.5, true, none)."""
+    import yaml
+
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    items = [value] if isinstance(value, str) else list(value)
+    result: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"must be key=value pairs, got {item!r}")
+        key, text = item.split("=", 1)
+        try:
+            result[key.strip()] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            result[key.strip()] = text
+    return result
+
+
 def _is_list(kind: Any) -> bool:
     args = typing.get_args(kind) if _allows_none(kind) else (kind,)
     return any(typing.get_origin(a) is list for a in args)
@@ -193,6 +217,8 @@ def check_value(owner: type, spec: dataclasses.Field, value: Any) -> Any:
             return value.lower() in ("true", "yes", "1", "on")
         raise ValueError(f"must be true or false, got {value!r}")
     check = spec.metadata.get("check")
+    if _is_dict(kind):
+        return key_values(value)
     if _is_list(kind):
         items = value if isinstance(value, (list, tuple)) else [value]
         return [check(item) if check else item for item in items]
