@@ -4,7 +4,8 @@ Compares, at the same dim / heads / dim_head (512, 4, 128 by default) and
 2D relative position logits:
 
 - ``ours/<backend>``: :class:`botnet.layers.MHSA2d` with each attention path
-  (``auto`` is what users get; ``flex`` only on CUDA);
+  (``auto`` is what users get; ``flex`` only on CUDA; ``fold`` is SDPA
+  without a mask on position logits folded into q and k);
 - ``timm``: ``timm.layers.bottleneck_attn.BottleneckAttn``;
 - ``btp``: ``bottleneck_transformer_pytorch``'s ``Attention`` (rel_pos_emb=True);
 - ``floor``: the layer's matrix products alone (q/k/v projection, q k^T,
@@ -13,9 +14,12 @@ Compares, at the same dim / heads / dim_head (512, 4, 128 by default) and
 
 Both peers fix the feature-map size at construction; they are built for each
 size. Time: in this process, each implementation in turn per round (ratios between
-implementations are what matter), best of interleaved rounds. Memory: peak growth during one step, each
-implementation in a fresh process (peak RSS on CPU, max_memory_allocated on
-CUDA). On CUDA everything runs under bf16 autocast.
+implementations are what matter), best of interleaved rounds. Memory: peak growth during one step.
+On CPU each implementation runs in a fresh process (peak RSS follows whatever
+the process ever touched). On CUDA it is measured in this process:
+``torch.cuda.max_memory_allocated`` counts live tensors only, so the other
+implementations do not disturb it, and a fresh process per implementation
+would recompile ``flex`` for every size. On CUDA everything runs under bf16 autocast.
 
 Usage (peers from the ``[bench]`` extra)::
 
@@ -29,7 +33,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -90,7 +96,7 @@ def build(name: str, size: int, dim: int, heads: int, dim_head: int) -> nn.Modul
 
 
 def default_impls(device: torch.device) -> list[str]:
-    ours = ["ours/auto", "ours/math", "ours/chunked", "ours/sdpa"]
+    ours = ["ours/auto", "ours/math", "ours/chunked", "ours/sdpa", "ours/fold"]
     if device.type == "cuda":
         ours.append("ours/flex")
     return [*ours, *PEERS, "floor"]
@@ -150,7 +156,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         # Small maps are quick and the most disturbed by other processes: more rounds.
         rounds = args.repeat * (3 if size * size <= 256 else 1)
-        times = common.time_interleaved(steps, device, repeat=rounds)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        times = common.time_interleaved(steps, device, repeat=rounds, clock=clock)
         for name in args.impls:
             row = {"impl": name, "size": size, "batch": batch}
             if name in errors:
@@ -160,7 +167,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 row["time_ms"] = 1e3 * min(times[name])
                 row["median_ms"] = 1e3 * common.median(times[name])
                 row["times_ms"] = [round(1e3 * t, 3) for t in times[name]]
-                mem = common.run_worker(SCRIPT, _worker_args(args, name, size, batch))
+                if device.type == "cuda":
+                    mem = _peak_in_process(steps[name], device)
+                else:
+                    mem = common.run_worker(SCRIPT, _worker_args(args, name, size, batch))
                 if "error" in mem:
                     row["memory_error"] = mem["error"]
                 else:
@@ -171,10 +181,22 @@ def measure(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _peak_in_process(step, device: torch.device) -> dict:
+    """Peak CUDA memory growth of one ``step()`` in this process ({"peak_bytes"} or {"error"})."""
+    meter = common.PeakMemory(device)
+    try:
+        meter.start()
+        step()
+        return {"peak_bytes": meter.stop()}
+    except torch.OutOfMemoryError as exc:
+        return {"error": f"OutOfMemoryError: {str(exc).splitlines()[0][:160]}"}
+
+
 def _worker_args(args: argparse.Namespace, name: str, size: int, batch: int) -> list[str]:
     return [
         "--worker", name, "--size", str(size), "--batch", str(batch), "--device", args.device,
         "--dim", str(args.dim), "--heads", str(args.heads), "--dim-head", str(args.dim_head),
+        *(["--threads", str(args.threads)] if args.threads else []),
     ]  # fmt: skip
 
 
@@ -326,27 +348,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON (default benchmarks/results/attention_<device>.json)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: next to the JSON)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="time steps by wall clock, or by this process's CPU time (steadier on a loaded CPU; "
+                             "use with --threads 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         return worker(args)
 
     device = common.device_from(parser, args)
+    if args.clock == "cpu" and device.type == "cuda":
+        parser.error("--clock cpu times the host process; on CUDA use the default wall clock")
     args.impls = args.impls or default_impls(device)
     out = args.out or common.results_path("attention", device)
     png = args.plot or out.with_suffix(".png")
 
+    load_before = os.getloadavg()
     rows = summarize(measure(args))
     info = common.machine_info(device)
+    info["load_avg_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
     title = (f"BoTNet attention layer fwd+bwd, dim {args.dim}, {args.heads} heads x {args.dim_head}, "
              f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}, {info.get('gpu', info['cpu'])}, "
-             f"{info['torch_threads']} threads")  # fmt: skip
+             f"{info['torch_threads']} threads" + (", CPU time" if args.clock == "cpu" else ""))  # fmt: skip
     print_table(rows, title)
     targets = check_targets(rows, device)
     for line in targets:
         print(line)
-    config = {"dim": args.dim, "heads": args.heads, "dim_head": args.dim_head, "repeat": args.repeat}
+    config = {"dim": args.dim, "heads": args.heads, "dim_head": args.dim_head, "repeat": args.repeat,
+              "clock": args.clock}
     common.write_json(out, {"machine": info, "config": config, "targets": targets, "results": rows})
     plot(rows, png, title)
     out.with_suffix(".md").write_text(markdown(rows) + "\n" + "".join(f"- {line}\n" for line in targets))

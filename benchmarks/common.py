@@ -68,13 +68,21 @@ def sync(device: torch.device) -> None:
 
 
 def time_interleaved(
-    steps: dict[str, Callable[[], None]], device: torch.device, repeat: int, warmup: int = 1
+    steps: dict[str, Callable[[], None]],
+    device: torch.device,
+    repeat: int,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Seconds per call of each step, alternating between them on every round.
 
     Interleaving spreads slow phases of a shared machine over all contenders
     instead of penalising whichever ran during them. On a machine shared with
-    other work, the best round estimates the uncontended time.
+    other work, the best round estimates the uncontended time. ``clock`` is
+    wall-clock time by default; ``time.process_time`` (CPU seconds of this
+    process, all its threads) counts only the cycles the step got, which on
+    an oversubscribed CPU is the steadier measure of work (with one thread,
+    so that no time goes to threads waiting on each other).
     """
     for step in steps.values():
         for _ in range(warmup):
@@ -84,10 +92,10 @@ def time_interleaved(
     for _ in range(repeat):
         for name, step in steps.items():
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             step()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -25,8 +26,9 @@ def test_attention_benchmark_tiny(tmp_path):
     out = tmp_path / "attention.json"
     impls = ["ours/auto", "ours/chunked", "timm", "btp", "floor"]
     _run("attention.py", "--sizes", "14:1", "--dim", "16", "--heads", "2", "--dim-head", "8", "--repeat", "1",
-         "--impls", *impls, "--out", str(out), cwd=tmp_path)  # fmt: skip
+         "--impls", *impls, "--clock", "cpu", "--threads", "1", "--out", str(out), cwd=tmp_path)  # fmt: skip
     report = json.loads(out.read_text())
+    assert report["config"]["clock"] == "cpu" and report["machine"]["torch_threads"] == 1
     rows = {r["impl"]: r for r in report["results"]}
     assert set(rows) == set(impls)
     for row in rows.values():
@@ -69,3 +71,38 @@ def test_checkpointing_benchmark_tiny(tmp_path):
     assert on["time_vs_off"] == pytest.approx(on["step_s"] / off["step_s"])
     assert 1.1 < on["flops_vs_off"] < 1.6  # the recomputation: about one more forward of the blocks
     assert "| features | botnet_tiny | 32 | 1 | on |" in out.with_suffix(".md").read_text()
+
+
+def test_gpu_script_plans_every_stage_for_cuda(tmp_path):
+    # Nobody can run the CUDA plan here: check that it is complete and names scripts that exist.
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import gpu_all
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    args = argparse.Namespace(device="cuda", quick=False)
+    plan = {stage: gpu_all.stage_commands(stage, args, tmp_path) for stage in gpu_all.STAGES}
+    for commands in plan.values():
+        for cmd in commands:
+            assert cmd[0] == sys.executable
+            assert (cmd[1] == "-m") or Path(cmd[1]).is_file()
+    paths = plan["paths"][0]
+    assert {"ours/sdpa", "ours/flex", "ours/fold", "ours/chunked"} <= set(paths) and "96:2" in paths
+    assert {"timm", "btp", "ours/fold"} <= set(plan["peers"][0])
+    assert all("cuda" in cmd for stage in ("kernels", "paths", "peers", "models") for cmd in plan[stage])
+    assert sum(gpu_all.STAGE_CAPS.values()) >= 570  # the budget, not the caps, bounds a full run
+
+
+def test_gpu_script_kernels_stage_on_cpu(tmp_path):
+    _run("gpu_all.py", "--device", "cpu", "--quick", "--stages", "kernels", "--out", str(tmp_path), cwd=tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stages"]["kernels"]["status"] == "ok"
+    assert {"torch", "date", "device"} <= set(summary["machine"])
+    report = json.loads((tmp_path / "kernels.json").read_text())
+    fold = [r for r in report["results"] if r["path"] == "fold"]
+    assert fold and all("error" not in r for r in report["results"])
+    for row in fold:  # on CPU, fold runs PyTorch's flash kernel both ways, deterministically, as the reference
+        assert row["kernels"] == ["aten::_scaled_dot_product_flash_attention_for_cpu",
+                                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward"]  # fmt: skip
+        assert row["deterministic_grads"]
+        assert row["out_rel_err"] < 1e-5 and max(row["grad_rel_err"]) < 1e-5

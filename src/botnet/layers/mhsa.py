@@ -14,7 +14,7 @@ __all__ = ["MHSA2d", "set_attention_backend"]
 
 # Paths that take q, k, v in the projection's dtype and keep logits and
 # softmax in float32 inside their fused kernels.
-_FUSED = ("sdpa", "flex")
+_FUSED = ("sdpa", "flex", "fold")
 
 
 class MHSA2d(nn.Module):
@@ -38,8 +38,10 @@ class MHSA2d(nn.Module):
         backend: how attention is computed, the same function every way:
             ``"auto"`` (by device and size), ``"math"`` (the reference),
             ``"chunked"`` (memory-lean: query chunks recomputed in backward),
-            ``"sdpa"`` (``F.scaled_dot_product_attention``) or ``"flex"``
-            (FlexAttention, CUDA). See :mod:`botnet.layers.attention_paths`.
+            ``"sdpa"`` (``F.scaled_dot_product_attention`` with a mask),
+            ``"flex"`` (FlexAttention, CUDA) or ``"fold"`` (position logits
+            folded into q and k: fused SDPA kernels without a mask, O(N)
+            memory, CPU and CUDA). See :mod:`botnet.layers.attention_paths`.
 
     Shape:
         input (B, dim, H, W) -> output (B, heads * dim_head, H, W).
