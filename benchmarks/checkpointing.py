@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -80,17 +79,7 @@ def worker(args: argparse.Namespace) -> None:
 
     for _ in range(args.warmup):
         step()
-    meter = common.PeakMemory(device)
-    meter.start()
-    step()
-    peak = meter.stop()
-    times = []
-    for _ in range(args.steps):
-        common.sync(device)
-        t0 = time.perf_counter()
-        step()
-        common.sync(device)
-        times.append(time.perf_counter() - t0)
+    peak, times = common.peak_then_times(step, device, args.steps)
     with FlopCounterMode(display=False) as flops:
         step()
     print(json.dumps({

@@ -67,6 +67,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def peak_then_times(step: Callable[[], None], device: torch.device, steps: int) -> tuple[int, list[float]]:
+    """Peak memory growth of one call of ``step`` (bytes), then the seconds of ``steps`` more calls.
+
+    The caller warms up first; memory is measured on its own call so that the
+    timed calls are not slowed by the meter.
+    """
+    meter = PeakMemory(device)
+    meter.start()
+    step()
+    peak = meter.stop()
+    times = []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return peak, times
+
+
 def time_interleaved(
     steps: dict[str, Callable[[], None]],
     device: torch.device,

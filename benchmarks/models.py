@@ -88,17 +88,7 @@ def worker(args: argparse.Namespace) -> None:
         step()
     common.sync(device)
     warmup_s = time.perf_counter() - start
-    meter = common.PeakMemory(device)
-    meter.start()
-    step()
-    peak = meter.stop()
-    times = []
-    for _ in range(args.steps):
-        common.sync(device)
-        t0 = time.perf_counter()
-        step()
-        common.sync(device)
-        times.append(time.perf_counter() - t0)
+    peak, times = common.peak_then_times(step, device, args.steps)
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({
         "img_per_s": args.batch / min(times), "img_per_s_median": args.batch / common.median(times),

@@ -106,3 +106,48 @@ def test_gpu_script_kernels_stage_on_cpu(tmp_path):
                                   "aten::_scaled_dot_product_flash_attention_for_cpu_backward"]  # fmt: skip
         assert row["deterministic_grads"]
         assert row["out_rel_err"] < 1e-5 and max(row["grad_rel_err"]) < 1e-5
+
+
+def test_fashion_mnist_benchmark_tiny(tmp_path):
+    # The real recipes, shortened to one epoch on a tiny IDX set: runs, evaluations and the report agree.
+    import numpy as np
+    from test_train import _pattern_images, _write_idx
+
+    data = tmp_path / "idx"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 64), ("t10k", 40)):
+        labels = np.arange(count) % 10
+        _write_idx(data / f"{prefix}-images-idx3-ubyte.gz", _pattern_images(labels, rng), 0x08)
+        _write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8), 0x08)
+    root, out = tmp_path / "runs", tmp_path / "fm.json"
+    args = ["--root", str(root), "--seeds", "0", "1", "--out", str(out), "--ablation-epochs", "1",
+            f"--train-args=--epochs 2 -b 32 --data-dir {data}"]  # fmt: skip
+    _run("fashion_mnist.py", *args, cwd=tmp_path)
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    ablation = {f"botnet-{p}-e1-s0" for p in ("relative", "absolute", "none")}
+    assert set(runs) == {"botnet-s0", "resnet-s0", "botnet-s1", "resnet-s1"} | ablation
+    for name, row in runs.items():
+        metrics = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+        assert row["final_top1"] == metrics[-1]["val_acc"] and row["wall_s"] > 0
+        assert row["epochs"] == len(metrics) == (1 if name in ablation else 2)
+    for name in ablation:
+        settings = json.loads((root / name / "config.json").read_text())["settings"]
+        assert settings["model_kwargs"] == {"pos_emb": name.split("-")[1]} and settings["epochs"] == 1
+    for model in ("botnet", "resnet"):
+        finals = [runs[f"{model}-s{s}"]["final_top1"] for s in (0, 1)]
+        summary = report["summary"][model]
+        assert summary["final_top1_mean"] == pytest.approx(sum(finals) / 2)
+        assert summary["final_top1_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2**0.5)
+        for seed in (0, 1):
+            evaluation = runs[f"{model}-s{seed}"]["eval"]
+            # The last checkpoint, evaluated again, gives the run's own final-epoch number.
+            assert evaluation["top1"] == pytest.approx(runs[f"{model}-s{seed}"]["final_top1"])
+            assert len(evaluation["per_class_accuracy"]) == 10 and set(evaluation["sizes"]) == {"24", "32"}
+    table = out.with_suffix(".md").read_text()
+    assert "| relative | botnet-relative-e1-s0 | 1 |" in table and "| none | botnet-none-e1-s0 | 1 |" in table
+    assert out.with_suffix(".png").stat().st_size > 0
+    walls = {name: (root / name / "wall.json").read_text() for name in runs}
+    _run("fashion_mnist.py", *args, cwd=tmp_path)  # everything finished: reused, not trained again
+    assert walls == {name: (root / name / "wall.json").read_text() for name in runs}
