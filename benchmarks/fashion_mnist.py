@@ -162,9 +162,10 @@ def summarize(rows: dict[str, dict], seeds: list[int]) -> dict:
         if evals:
             classes = list(evals[0]["per_class_accuracy"])
             summary[model]["per_class_mean"] = {c: statistics.mean(e["per_class_accuracy"][c] for e in evals) for c in classes}
-            summary[model]["sizes_mean"] = {
-                size: statistics.mean(e["sizes"][size] for e in evals) for size in evals[0]["sizes"]
-            }
+            sizes = {str(evals[0]["img_size"][0]): [e["top1"] for e in evals]}
+            sizes.update({size: [e["sizes"][size] for e in evals] for size in evals[0]["sizes"]})
+            summary[model]["sizes_mean"] = {size: statistics.mean(values) for size, values in sizes.items()}
+            summary[model]["evaluated_seeds"] = len(evals)
     return summary
 
 
@@ -191,11 +192,11 @@ def markdown(rows: dict[str, dict], summary: dict, ablation: list[tuple[str, str
             [[c, *(pct(summary[m]["per_class_mean"][c]) for m in with_classes)] for c in classes],
         ))  # fmt: skip
         out.append("\n### Other input sizes, no retraining (mean over seeds, %)\n")
-        sizes = ["28", *summary[with_classes[0]]["sizes_mean"]]
+        sizes = list(summary[with_classes[0]]["sizes_mean"])  # the trained size first
         out.append(common.markdown_table(
-            ["model", *(f"{s} px" for s in sizes)],
-            [[summary[m]["model"], pct(summary[m]["final_top1_mean"]),
-              *(pct(summary[m]["sizes_mean"][s]) for s in sizes[1:])] for m in with_classes],
+            ["model", "seeds", *(f"{s} px" for s in sizes)],
+            [[summary[m]["model"], str(summary[m]["evaluated_seeds"]),
+              *(pct(summary[m]["sizes_mean"][s]) for s in sizes)] for m in with_classes],
         ))  # fmt: skip
     ablation_rows = [(p, rows[n]) for p, n in ablation if n in rows]
     if len(ablation_rows) > 1:
