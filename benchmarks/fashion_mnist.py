@@ -11,6 +11,10 @@ user gets from the shipped recipes:
   ``pos_emb=none`` for the first seed (``relative`` is the main run of that
   seed); with ``--ablation-epochs E``, all three encodings as new runs of E
   epochs (a shorter proxy, the schedule fitted to E);
+* ``budget`` (only when asked for): the BoTNet recipe of the first seed scheduled
+  for ``--budget-epochs`` epochs (the cosine fitted to them), to find the budget
+  at which ``--target`` test top-1 is reached; the report gives the first epoch
+  of that curve at the target and the trainer's seconds up to it;
 * ``evaluate``: every finished run's *last* checkpoint (the final epoch: no
   selection on the test set, which is Fashion-MNIST's validation split here)
   evaluated at the trained 28 px (per-class accuracy; the top-1 equals the
@@ -29,6 +33,7 @@ Usage::
     python benchmarks/fashion_mnist.py --stages evaluate report --root runs/fmnist  # report on finished runs
     python benchmarks/fashion_mnist.py --train-args="--epochs 1"              # a shorter proxy of the same recipes
     python benchmarks/fashion_mnist.py --stages ablation report --ablation-epochs 3
+    python benchmarks/fashion_mnist.py --stages budget report --budget-epochs 24   # when is 94 % reached?
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ import common
 ROOT = common.ROOT
 RECIPES = {"botnet": "configs/fashion_mnist_cpu.yaml", "resnet": "configs/fashion_mnist_cpu_resnet.yaml"}
 ABLATION = ("relative", "absolute", "none")  # MHSA2d's pos_emb values; the recipe's is relative
-STAGES = ("main", "ablation", "evaluate", "report")
+STAGES = ("main", "ablation", "budget", "evaluate", "report")
+DEFAULT_STAGES = ("main", "ablation", "evaluate", "report")  # the budget run is long: only when asked for
 EVAL_SIZES = (24, 32)
 
 
@@ -129,6 +135,7 @@ def describe(run: Path) -> dict:
         "train_loss": [r["train_loss"] for r in records],
         "train_img_per_s": statistics.mean(r["train_images_per_second"] for r in records),
         "training_s": records[-1]["elapsed_seconds"],
+        "elapsed": [r["elapsed_seconds"] for r in records],
         "wall_s": wall["wall_s"],
         "command": wall["command"],
         "load_before": wall["load_before"],
@@ -169,7 +176,21 @@ def summarize(rows: dict[str, dict], seeds: list[int]) -> dict:
     return summary
 
 
-def markdown(rows: dict[str, dict], summary: dict, ablation: list[tuple[str, str]]) -> str:
+def reach(row: dict, target: float) -> dict:
+    """Where one run's per-epoch test curve first reaches ``target``: the epoch and the trainer's seconds to it."""
+    first = next((i for i, acc in enumerate(row["curve"]) if acc >= target), None)
+    return {
+        "run": row["run"],
+        "epochs": row["epochs"],
+        "final_top1": row["final_top1"],
+        "target": target,
+        "first_epoch_at_target": None if first is None else first + 1,
+        "training_s_to_target": None if first is None else row["elapsed"][first],
+        "epoch_s_mean": row["training_s"] / row["epochs"],
+    }
+
+
+def markdown(rows: dict[str, dict], summary: dict, ablation: list[tuple[str, str]], budget: dict | None = None) -> str:
     pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
     out = ["### Runs (final epoch, test set)\n"]
     out.append(common.markdown_table(
@@ -206,6 +227,15 @@ def markdown(rows: dict[str, dict], summary: dict, ablation: list[tuple[str, str
             [[p, r["run"], str(r["epochs"]), pct(r["final_top1"]), f"{r['train_img_per_s']:.0f}"]
              for p, r in ablation_rows],
         ))  # fmt: skip
+    if budget is not None:
+        b = budget
+        reached = "not reached" if b["first_epoch_at_target"] is None else str(b["first_epoch_at_target"])
+        seconds = "-" if b["training_s_to_target"] is None else f"{b['training_s_to_target']:.0f}"
+        out.append(f"\n### Longer schedule: when is {pct(b['target'])} % reached? (BoTNet recipe, one seed)\n")
+        out.append(common.markdown_table(
+            ["run", "epochs", "final top-1 %", f"first epoch >= {pct(b['target'])} %", "training s to it", "s per epoch"],
+            [[b["run"], str(b["epochs"]), pct(b["final_top1"]), reached, seconds, f"{b['epoch_s_mean']:.0f}"]],
+        ))  # fmt: skip
     return "".join(out)
 
 
@@ -238,11 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "fmnist", help="run directories go here")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(DEFAULT_STAGES))
     parser.add_argument("--train-args", default="", help="more `botnet train` flags for every run (quoted)")
     parser.add_argument("--ablation-epochs", type=int, default=None,
                         help="run the three position encodings anew for this many epochs (default: the recipe's, "
                         "relative = the first seed's main run)")  # fmt: skip
+    parser.add_argument("--budget-epochs", type=int, default=24, help="the budget stage's schedule length")
+    parser.add_argument("--target", type=float, default=0.94, help="the test top-1 the budget stage looks for")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_mnist_cpu.json")
     args = parser.parse_args(argv)
     extra = shlex.split(args.train_args)
@@ -262,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         run = (args.root / _run_name("botnet", seed, variant), RECIPES["botnet"], seed,
                [*extra, *more, "--model-kwargs", f"pos_emb={pos_emb}"])  # fmt: skip
         ablation.append((pos_emb, run))
+    budget = (args.root / _run_name("botnet", seed, f"e{args.budget_epochs}"), RECIPES["botnet"], seed,
+              [*extra, "--epochs", str(args.budget_epochs)])  # fmt: skip
     if "main" in args.stages:
         for run in runs:
             train(*run)
@@ -269,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         for _, run in ablation:
             if run not in runs:
                 train(*run)
-    candidates = [run[0] for run in runs] + [run[0] for _, run in ablation if run not in runs]
+    if "budget" in args.stages:
+        train(*budget)
+    candidates = [run[0] for run in runs] + [run[0] for _, run in ablation if run not in runs] + [budget[0]]
     done = [path for path in candidates if finished(path)]
     if "evaluate" in args.stages:
         for run in runs:  # main runs only; the ablation needs the final number alone
@@ -279,11 +315,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = {run.name: describe(run) for run in done}
     summary = summarize(rows, args.seeds)
+    longer = reach(rows[budget[0].name], args.target) if budget[0].name in rows else None
     import torch
 
-    payload = {"machine": common.machine_info(torch.device("cpu")), "summary": summary, "runs": rows}
+    payload = {"machine": common.machine_info(torch.device("cpu")), "summary": summary, "budget": longer, "runs": rows}
     common.write_json(args.out, payload)
-    table = markdown(rows, summary, [(p, run[0].name) for p, run in ablation])
+    table = markdown(rows, summary, [(p, run[0].name) for p, run in ablation], longer)
     args.out.with_suffix(".md").write_text(table)
     if rows:
         plot(rows, args.out.with_suffix(".png"))

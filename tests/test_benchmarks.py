@@ -151,3 +151,14 @@ def test_fashion_mnist_benchmark_tiny(tmp_path):
     walls = {name: (root / name / "wall.json").read_text() for name in runs}
     _run("fashion_mnist.py", *args, cwd=tmp_path)  # everything finished: reused, not trained again
     assert walls == {name: (root / name / "wall.json").read_text() for name in runs}
+    assert report["budget"] is None and not (root / "botnet-e24-s0").exists()  # the budget run only when asked for
+    # The budget stage: the BoTNet recipe on a longer schedule, and where its test curve first reaches the target.
+    _run("fashion_mnist.py", *args, "--stages", "budget", "report", "--budget-epochs", "3", "--target", "0.3", cwd=tmp_path)
+    budget = json.loads(out.read_text())["budget"]
+    metrics = [json.loads(line) for line in (root / "botnet-e3-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and budget["run"] == "botnet-e3-s0" and budget["final_top1"] == metrics[-1]["val_acc"]
+    first = next((i for i, m in enumerate(metrics) if m["val_acc"] >= 0.3), None)
+    assert budget["first_epoch_at_target"] == (None if first is None else first + 1)
+    if first is not None:
+        assert budget["training_s_to_target"] == metrics[first]["elapsed_seconds"]
+    assert "### Longer schedule: when is 30.00 % reached?" in out.with_suffix(".md").read_text()
