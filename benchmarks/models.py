@@ -10,7 +10,8 @@ only ever add time; the median is kept in the JSON too).
 
 Models: ours ``botnet50`` and ``resnet50`` and timm's ``resnet50`` at 224 px;
 the small ones (``botnet26`` / ``resnet26``, ``botnet_tiny`` / ``resnet_tiny``)
-at 32 px.
+at 32 px; the Fashion-MNIST pair (``botnet_fmnist`` / ``resnet_fmnist``) as
+trained there: 28 px, one input channel, 10 classes.
 
 Usage::
 
@@ -43,23 +44,28 @@ MODELS = {
     "resnet26": 32,
     "botnet_tiny": 32,
     "resnet_tiny": 32,
+    "botnet_fmnist": 28,
+    "resnet_fmnist": 28,
 }
+# Models built as their recipe trains them (the default: 3 input channels, 1000 classes).
+SHAPES = {"botnet_fmnist": dict(in_chans=1, num_classes=10), "resnet_fmnist": dict(in_chans=1, num_classes=10)}
 # Which model each one is compared with (same mode) for the throughput ratio.
-BASELINES = {"botnet50": "resnet50", "timm:resnet50": "resnet50", "botnet26": "resnet26", "botnet_tiny": "resnet_tiny"}
-DEFAULTS = {  # device -> (batch at 224 px, batch at 32 px, warm-up steps, timed steps)
+BASELINES = {"botnet50": "resnet50", "timm:resnet50": "resnet50", "botnet26": "resnet26", "botnet_tiny": "resnet_tiny",
+             "botnet_fmnist": "resnet_fmnist"}
+DEFAULTS = {  # device -> (batch at 224 px, batch of the small models, warm-up steps, timed steps)
     "cpu": (4, 64, 2, 3),
     "cuda": (64, 256, 5, 20),
 }
 
 
-def create(name: str, num_classes: int = 1000) -> torch.nn.Module:
+def create(name: str) -> torch.nn.Module:
     if name.startswith("timm:"):
         import timm
 
-        return timm.create_model(name.split(":", 1)[1], pretrained=False, num_classes=num_classes)
+        return timm.create_model(name.split(":", 1)[1], pretrained=False, num_classes=1000)
     from botnet.models import create_model
 
-    return create_model(name, num_classes=num_classes)
+    return create_model(name, **SHAPES.get(name, dict(in_chans=3, num_classes=1000)))
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -72,8 +78,9 @@ def worker(args: argparse.Namespace) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     forward = torch.compile(model) if args.mode == "compile" else model
     size = args.img_size
-    images = torch.randn(args.batch, 3, size, size, device=device).to(memory_format=memory_format)
-    labels = torch.randint(0, 1000, (args.batch,), device=device)
+    shape = SHAPES.get(args.worker, dict(in_chans=3, num_classes=1000))
+    images = torch.randn(args.batch, shape["in_chans"], size, size, device=device).to(memory_format=memory_format)
+    labels = torch.randint(0, shape["num_classes"], (args.batch,), device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     def step() -> None:
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
     parser.add_argument("--batch-224", type=int, default=None, help="batch at 224 px")
-    parser.add_argument("--batch-32", type=int, default=None, help="batch at 32 px")
+    parser.add_argument("--batch-32", type=int, default=None, help="batch of the small models (32 and 28 px)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
