@@ -138,7 +138,7 @@ def describe(run: Path) -> dict:
         "elapsed": [r["elapsed_seconds"] for r in records],
         "wall_s": wall["wall_s"],
         "command": wall["command"],
-        "load_before": wall["load_before"],
+        "load_before": wall.get("load_before"),  # absent for a run timed by hand
     }
     if (run / "eval.json").is_file():
         row["eval"] = json.loads((run / "eval.json").read_text())
@@ -196,7 +196,8 @@ def markdown(rows: dict[str, dict], summary: dict, ablation: list[tuple[str, str
     out.append(common.markdown_table(
         ["run", "model", "epochs", "final top-1 %", "train img/s", "training s", "wall s", "load before"],
         [[r["run"], r["model"], str(r["epochs"]), pct(r["final_top1"]), f"{r['train_img_per_s']:.0f}",
-          f"{r['training_s']:.0f}", f"{r['wall_s']:.0f}", f"{r['load_before']:.2f}"] for r in rows.values()],
+          f"{r['training_s']:.0f}", f"{r['wall_s']:.0f}",
+          "-" if r["load_before"] is None else f"{r['load_before']:.2f}"] for r in rows.values()],
     ))  # fmt: skip
     out.append("\n### BoTNet vs ResNet twin (mean +- sample std over seeds)\n")
     out.append(common.markdown_table(
@@ -247,11 +248,12 @@ def plot(rows: dict[str, dict], path: Path) -> None:
 
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"botnet": "tab:red", "resnet": "tab:blue"}
+    others = iter(["tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:olive", "tab:cyan", "gray"] * 4)
     for row in rows.values():
-        family = row["run"].split("-")[0]
-        style = "-" if row["run"].count("-") == 1 else ":"  # ablation runs dotted
+        main_run = row["run"].count("-") == 1  # "botnet-s0"; ablation and budget runs carry a variant
+        color = colors.get(row["run"].split("-")[0], "gray") if main_run else next(others)
         epochs = range(1, len(row["curve"]) + 1)
-        kwargs = {"color": colors.get(family, "gray"), "linestyle": style, "label": row["run"], "alpha": 0.8}
+        kwargs = {"color": color, "linestyle": "-" if main_run else ":", "label": row["run"], "alpha": 0.8}
         acc_ax.plot(epochs, [100 * v for v in row["curve"]], **kwargs)
         loss_ax.plot(epochs, row["train_loss"], **kwargs)
     acc_ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="Fashion-MNIST test top-1 after each epoch")
