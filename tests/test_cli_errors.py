@@ -208,3 +208,17 @@ def test_shipped_recipes_are_valid_and_share_their_base(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ValueError, match="loop"):
         load_config_file(tmp_path / "a.yaml", TrainConfig)
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_no_bad_epoch(tmp_path, capsys):
+    # lr 1e12 blows the loss up within a step or two: the run stops before that step's update,
+    # with one line naming epoch and step, and commits no checkpoint of the diverged epoch.
+    out = tmp_path / "run"
+    code = _run(["train", "--lr", "1e12", "--warmup-epochs", "0", "--epochs", "2", "--img-size", "8",
+                 "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("botnet train: error: loss is not finite at epoch 1, step "), err
+    assert not (out / "last.pt").exists() and not (out / "metrics.jsonl").exists()

@@ -71,7 +71,8 @@ class TrainConfig(RunConfig):
     aug: str = setting("basic", "augmentation", choice("none", "basic", "randaugment"), group="recipe")
     mixup: float = setting(0.0, "MixUp alpha (0: off)", nonneg_float, group="recipe")
     cutmix: float = setting(0.0, "CutMix alpha (0: off)", nonneg_float, group="recipe")
-    ema: bool = setting(False, "keep an EMA of the weights; it is evaluated and saved", group="recipe")
+    ema: bool = setting(False, "keep an EMA of the weights (and BN statistics); it is evaluated and saved",
+                        group="recipe")
     ema_decay: float = setting(0.999, "EMA decay per step", fraction(0, 1, low_open=True), group="recipe")
     reprob: float = setting(0.0, "random-erasing probability (timm's --reprob)", fraction(0, 1, high_open=False),
                             group="recipe")
@@ -223,6 +224,11 @@ class ClassificationTrainer(Trainer):
         # Worker seeds (augmentation in workers) depend on (seed, epoch, rank) only.
         self.loader_generator.manual_seed(epoch_seed(config.seed, epoch, self.dist.rank))
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+        # A non-finite loss stops the run. Reading a CUDA flag makes the host wait for the GPU, which
+        # ends the overlap of Python dispatch and GPU work, so there it is read every 10 steps (the
+        # optimiser steps in between change nothing saved: the epoch's checkpoint is never written).
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        check_every = 1 if device.type == "cpu" else 10
         progress.start(f"epoch {epoch + 1}/{config.epochs}", self.steps_per_epoch)
         shown, start = 0, time.perf_counter()
         for step, (images, labels) in enumerate(self.train_loader):
@@ -246,17 +252,19 @@ class ClassificationTrainer(Trainer):
                     with self.autocast():
                         logits = self.net(images[part])
                         loss = self.criterion(logits, targets[part])
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower --lr or use "
-                            "--clip-grad"
-                        )
+                    nonfinite |= ~torch.isfinite(loss.detach())
                     self.scaler.scale(loss / accum).backward()
                 with torch.no_grad():
                     batch = logits.shape[0]
                     totals[0] += loss.detach().double() * batch
                     totals[1] += (logits.argmax(dim=1) == labels[part]).sum()
                     totals[2] += batch
+            if (step % check_every == check_every - 1 or step == self.steps_per_epoch - 1) and nonfinite.item():
+                first = step - step % check_every + 1  # 1-based: the first step since the last check
+                where = f"step {step + 1}" if first == step + 1 else f"one of steps {first}-{step + 1}"
+                raise FloatingPointError(
+                    f"loss is not finite at epoch {epoch + 1}, {where}; lower --lr or use --clip-grad"
+                )
             self.optimizer_step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
@@ -311,9 +319,12 @@ class ClassificationTrainer(Trainer):
 
     def epoch_line(self, record: dict[str, Any]) -> str:
         train_acc = "" if record["train_acc"] is None else f" acc {record['train_acc']:.4f}"
+        # With --ema the EMA is evaluated and saved; the raw weights' top-1 beside it shows when the
+        # average lags or its averaged BN statistics do not fit (docs/TRAINING.md).
+        raw = f" (raw {record['raw_val_acc']:.4f})" if "raw_val_acc" in record else ""
         return (
             f"epoch {record['epoch']:>3}/{self.config.epochs}  train loss {record['train_loss']:.4f}{train_acc}  "
-            f"val loss {record['val_loss']:.4f} top-1 {record['val_acc']:.4f} top-5 {record['val_top5']:.4f}  "
+            f"val loss {record['val_loss']:.4f} top-1 {record['val_acc']:.4f}{raw} top-5 {record['val_top5']:.4f}  "
             f"lr {record['lr']:.2e}  {record['train_images_per_second']:,.0f} img/s  {record['epoch_seconds']:.1f}s"
         )
 
