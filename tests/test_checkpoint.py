@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import botnet
-from botnet.checkpoint import atomic_write, load_checkpoint, load_model, model_meta, save_checkpoint, save_model
-from botnet.weights import read_state_dict
+from botnet.checkpoint import load_model, model_meta, save_model
+from botnet.models.weights import read_state_dict
+from botnet.runtime.store import atomic_write, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 import botnet
-from botnet.checkpoint import (CheckpointError, load_checkpoint, load_model, model_meta, read_weights_and_meta,
-                               save_checkpoint, save_model)
+from botnet.checkpoint import load_model, model_meta, save_model
 from botnet.cli import main
-from botnet.weights import read_state_dict
+from botnet.models.weights import read_state_dict
+from botnet.runtime.store import CheckpointError, load_checkpoint, read_weights_and_meta, save_checkpoint
 
 
 @pytest.fixture(scope="module")

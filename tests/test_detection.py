@@ -26,7 +26,8 @@ from botnet.detection import (
     freeze_batchnorm,
     maskrcnn_botnet_fpn,
 )
-from botnet.detection.checkpoint import DetectorConfig, build_from_config, detector_meta, load_detector, save_detector
+from botnet.detection.checkpoint import detector_meta, load_detector, save_detector
+from botnet.detection.models import DetectorConfig, build_from_config
 from botnet.detection.data import CocoDetection, collate, make_synthetic_shapes, split_paths
 from botnet.detection.metrics import coco_evaluate, to_coco_results
 
@@ -353,18 +354,24 @@ def test_short_cpu_training_lowers_loss_and_finds_the_shapes(tmp_path):
     """
     from torch.utils.data import DataLoader, RandomSampler
 
-    from botnet.detection.engine import evaluate, train_one_epoch, warmup_schedule
+    from functools import partial
+
+    from botnet.detection.evaluate import evaluate
+    from botnet.detection.train import detection_step
+    from botnet.training.engine import train_one_epoch
+    from botnet.training.optim import lr_schedule
 
     steps = 60
     paths = make_synthetic_shapes(tmp_path, {"train": 48, "val": 12}, min_size=64, max_size=80, max_objects=2, seed=0)
     train_set, val_set = CocoDetection(*paths["train"], train=True), CocoDetection(*paths["val"])
     model = small_maskrcnn(max_size=80)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(steps, 5, kind="cosine"))
+    scheduler = lr_schedule(optimizer, steps, 5, "cosine")
     sampler = RandomSampler(train_set, replacement=True, num_samples=4 * steps, generator=torch.Generator().manual_seed(0))
     losses: list[float] = []
-    train_one_epoch(model, optimizer, DataLoader(train_set, batch_size=4, sampler=sampler, collate_fn=collate),
-                    torch.device("cpu"), scheduler=scheduler, on_step=lambda values: losses.append(values["loss"]))
+    train_one_epoch(model, partial(detection_step, model), DataLoader(train_set, batch_size=4, sampler=sampler,
+                    collate_fn=collate), optimizer, scheduler=scheduler,
+                    on_step=lambda values: losses.append(values["loss"]))
     assert len(losses) == steps
     assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4]), losses
 

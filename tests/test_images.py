@@ -149,7 +149,7 @@ def test_every_reader_of_the_package_sees_the_same_pixels(tmp_path):
     from torchvision.transforms import v2
 
     from botnet.classification.data import build_data
-    from botnet.classification.predict import Preprocessing
+    from botnet.preprocess import Preprocessing
     from botnet.visualize.images import load_image
 
     rng = np.random.default_rng(1)

@@ -9,7 +9,7 @@ import torchvision
 import botnet
 from botnet.checkpoint import load_model, save_model
 from botnet.layers import BoTBlock, MHSA2d
-from botnet.summary import summarize
+from botnet.models.summary import summarize
 
 PAPER_PARAMS_S1 = {  # REFERENCE.md, ImageNet head
     "botnet_s1_59": 33.5e6,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import botnet
-from botnet.weights import read_state_dict
+from botnet.models.weights import read_state_dict
 
 
 def _randomise_batchnorm(model: nn.Module) -> None:

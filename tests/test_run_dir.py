@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from botnet.checkpoint import (MANIFEST, committed_path, load_checkpoint, load_model, read_manifest, read_safetensors,
-                               recover_file_set, write_file_set)
+from botnet.checkpoint import load_model
+from botnet.runtime.store import (MANIFEST, committed_path, load_checkpoint, read_manifest, read_safetensors,
+                                  recover_file_set, write_file_set)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

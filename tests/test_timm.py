@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import botnet
-from botnet import timm_models
+from botnet.models import timm_models
 from botnet.checkpoint import save_model
 from botnet.models import registry
 
@@ -129,7 +129,7 @@ def test_import_botnet_works_without_timm():
     code = (
         "import sys; sys.modules['timm'] = None\n"  # makes `import timm` fail, as when not installed
         "import botnet\n"
-        "assert botnet.timm_models.TIMM_NAMES == {}\n"
+        "assert botnet.models.timm_models.TIMM_NAMES == {}\n"
         "print(botnet.create_model('botnet_tiny', num_classes=2)(__import__('torch').randn(1, 3, 32, 32)).shape)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -296,7 +296,7 @@ def test_forward_intermediates_indices_and_errors() -> None:
 @torch.no_grad()
 def test_timm_create_model_with_global_pool_and_no_classifier(name: str) -> None:
     timm = pytest.importorskip("timm")
-    from botnet.timm_models import timm_name
+    from botnet.models.timm_models import timm_name
 
     model = model_for(name)
     x = image_for(model)

@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from botnet.checkpoint import load_checkpoint, load_model
-from botnet.data import FASHION_MNIST_CLASSES, build_data, read_idx
-from botnet.evaluate import evaluate
+from botnet.checkpoint import load_model
+from botnet.classification.data import FASHION_MNIST_CLASSES, build_data, read_idx
+from botnet.classification.evaluate import evaluate
+from botnet.classification.train import TrainConfig, train
 from botnet.models import create_model
-from botnet.optim import param_groups, warmup_cosine
-from botnet.train import TrainConfig, train
+from botnet.runtime.store import load_checkpoint
+from botnet.training.optim import param_groups, warmup_cosine
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DETERMINISTIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "raw_val_acc")

@@ -13,7 +13,8 @@ from botnet import MHSA2d, create_model
 from botnet.checkpoint import save_model
 from botnet.cli import main
 from botnet.visualize import attention_layers, record_attention, select_attention_layers
-from botnet.visualize.images import load_image, resized_size
+from botnet.preprocess import resized_size
+from botnet.visualize.images import load_image
 
 
 def _tiny(**overrides) -> torch.nn.Module:

@@ -21,7 +21,7 @@ from skimage import data
 from torchvision.transforms.v2 import functional as TF
 
 from botnet.layers import self_attention
-from botnet.visualize.figures import save_figure
+from botnet.visualize.style import save_figure
 
 OUT = Path(__file__).with_name("concept_conv_vs_attention.png")
 TOKENS = (20, 30)  # the token grid (H, W)

@@ -17,8 +17,8 @@ from .layers import (
     self_attention,
 )
 from .models import BoTNet, ModelSpec, StageSpec, build_model, create_model, list_models, register_model
-from .timm_models import register_if_timm_installed
-from .weights import LoadReport, botnet50_from_torchvision, load_resnet_weights
+from .models.timm_models import register_if_timm_installed
+from .models.weights import LoadReport, botnet50_from_torchvision, load_resnet_weights
 
 register_if_timm_installed()  # optional: timm.create_model("botnet50") once timm is imported too
 

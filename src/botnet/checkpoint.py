@@ -1,242 +1,43 @@
-"""Saving and loading models safely: atomic writes, file sets, no unpickling of code.
+"""Saving and loading described models: the weights with the description that rebuilds them.
 
-Two files describe a trained model:
+A saved model is its weights plus a JSON-able description ("meta") that
+rebuilds the architecture, stored by :mod:`botnet.runtime.store` (a
+``.safetensors`` file with the description in its metadata, or a ``.pt``
+training checkpoint with ``"model"`` and ``"meta"``; nothing is ever
+unpickled). A classifier's description is ``{"format": "botnet", "version":
+1, "model": registry name, "spec": ModelSpec.to_dict()}`` plus what the run
+adds (``class_names``, ``img_size`` [H, W], ``mean``, ``std``, ...).
 
-* ``*.safetensors``: the weights, with the model description (JSON) in the
-  safetensors metadata under ``"botnet"``;
-* ``*.pt``: a training checkpoint, a dict of tensors and plain Python values
-  with at least ``"model"`` (state dict) and ``"meta"`` (the same
-  description), read with ``torch.load(weights_only=True)``.
-
-The description ("meta") is a JSON-able dict: ``model`` (registry name),
-``spec`` (every :class:`ModelSpec` field), and optionally ``class_names``,
-``img_size`` [H, W], ``mean``, ``std``. :func:`load_model` rebuilds the model
-from either file.
-
-**Files written together** (a training run's ``last.pt``,
-``last.safetensors``, ``metrics.jsonl`` ...) go through
-:func:`write_file_set`: every file is first written in full under a
-temporary name, then ``manifest.json`` records the set (the commit point),
-then the files are renamed into place. A kill before the commit leaves the
-previous set untouched; a kill after it is finished by
-:func:`recover_file_set` (run by the trainer when it starts), and until
-then every reader here follows the manifest to the committed files. So a
-directory never mixes files of two epochs.
-
-**Damaged files** are told apart from unsafe ones: a truncated, empty or
-garbage file is "damaged or not a checkpoint"; only a file that really
-carries pickled Python objects is refused as such.
+:func:`load_described` is the one loading pipeline (resolve a run directory
+to its file, read weights and description, check the format, build, load
+the weights, move, eval); :func:`load_model` is it for classifiers and
+:func:`botnet.detection.checkpoint.load_detector` for detectors.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
-import os
-import pickletools
-import tempfile
-import warnings
-import zipfile
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from .models.network import BoTNet, build_model
-from .models.spec import ModelSpec, StageSpec
+from .models.spec import ModelSpec
+from .runtime.store import (CheckpointError, PathLike, atomic_write, read_weights_and_meta, resolve_checkpoint_path,
+                            write_safetensors)
 
-__all__ = [
-    "MANIFEST",
-    "CheckpointError",
-    "atomic_write",
-    "committed_path",
-    "load_checkpoint",
-    "load_model",
-    "model_from_meta",
-    "model_meta",
-    "read_manifest",
-    "read_safetensors",
-    "read_weights_and_meta",
-    "recover_file_set",
-    "resolve_checkpoint_path",
-    "save_checkpoint",
-    "save_model",
-    "write_file_set",
-]
+__all__ = ["MODEL_FORMAT", "load_described", "load_model", "model_from_meta", "model_meta", "save_model"]
 
-PathLike = str | os.PathLike[str]
-MANIFEST = "manifest.json"
-_TMP_SUFFIX = ".tmp"
-# Globals a plain tensor checkpoint may name (what torch.save writes for tensors and containers).
-_SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset",
-                         "_codecs.encode", "numpy.core.multiarray._reconstruct", "numpy.dtype", "numpy.ndarray")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is damaged, unsafe or not a botnet checkpoint (one line, names the file)."""
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _write_temp(path: Path, write: Callable[[Path], None]) -> Path:
-    """Fill a fresh temporary file beside ``path`` with ``write``; fsynced, with the umask's mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        # After writing: some writers (safetensors) replace the file and create it 0600.
-        os.chmod(tmp, _file_mode())
-        with open(tmp, "rb+") as handle:
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
-    """Write a file so that ``path`` only ever holds a complete version.
-
-    ``write`` fills a temporary file in the same directory, which gets the
-    mode a plain ``open()`` would give (the umask's), is fsynced and renamed
-    over ``path`` (atomic on POSIX). A failure leaves the previous file intact
-    and no temporary file behind.
-    """
-    path = Path(path)
-    tmp = _write_temp(path, write)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def read_manifest(directory: PathLike) -> dict[str, Any] | None:
-    """The ``manifest.json`` of a directory written by :func:`write_file_set`, or None."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{str(path)!r} is damaged ({err}); delete it to use the files beside it") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
-        raise CheckpointError(f"{str(path)!r} is not a botnet manifest")
-    return manifest
-
-
-def write_file_set(
-    directory: PathLike, writers: Mapping[str, Callable[[Path], None]], record: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Replace several files of ``directory`` as one set (all or none after a kill).
-
-    Args:
-        writers: final file name -> function that writes the file's content
-            to the path it is given.
-        record: JSON-able facts about this set (e.g. ``{"epoch": 3}``), stored
-            in the manifest with each file written now. Files of earlier sets
-            that are not rewritten keep their entries (e.g. ``best.pt`` of an
-            earlier epoch).
-
-    Returns:
-        the manifest now in force.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    previous = read_manifest(directory) or {}
-    if previous.get("pending"):
-        recover_file_set(directory)
-        previous = read_manifest(directory) or {}
-    record = dict(record or {})
-    staged: dict[str, str] = {}
-    try:
-        for name, write in writers.items():
-            staged[name] = _write_temp(directory / name, write).name
-    except BaseException:
-        for tmp in staged.values():
-            (directory / tmp).unlink(missing_ok=True)
-        raise
-    files = dict(previous.get("files", {}))
-    files.update({name: record for name in writers})
-    manifest = {"format": "botnet-files", "version": 1, **record, "files": files}
-    # The commit point: from here on the set is the new one, even if a kill stops the renames.
-    atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps({**manifest, "pending": staged}, indent=1)))
-    for name, tmp in staged.items():
-        os.replace(directory / tmp, directory / name)
-    _fsync_dir(directory)
-    atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
-    return manifest
-
-
-def recover_file_set(directory: PathLike) -> list[str]:
-    """Finish a committed set whose renames a kill interrupted, and delete leftover temporary files.
-
-    Returns:
-        the names of the temporary files deleted (uncommitted work).
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    manifest = read_manifest(directory)
-    if manifest is not None and manifest.get("pending"):
-        for name, tmp in manifest["pending"].items():
-            if (directory / tmp).is_file():
-                os.replace(directory / tmp, directory / name)
-        _fsync_dir(directory)
-        manifest = {k: v for k, v in manifest.items() if k != "pending"}
-        atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
-    removed = []
-    for leftover in directory.glob(f".*{_TMP_SUFFIX}"):
-        if leftover.is_file():
-            leftover.unlink()
-            removed.append(leftover.name)
-    return sorted(removed)
-
-
-def committed_path(path: PathLike) -> Path:
-    """``path``, or the committed temporary file its directory's manifest says holds it (a kill
-    stopped the renames of a committed set: until the next run recovers the directory, readers
-    follow the manifest)."""
-    path = Path(path)
-    try:
-        manifest = read_manifest(path.parent)
-    except CheckpointError:
-        return path
-    pending = (manifest or {}).get("pending") or {}
-    if path.name in pending and (path.parent / pending[path.name]).is_file():
-        return path.parent / pending[path.name]
-    return path
-
-
-# --------------------------------------------------------------------------- descriptions
+MODEL_FORMAT = "botnet"
 
 
 def model_meta(model: BoTNet, **extra: Any) -> dict[str, Any]:
     """The JSON-able description that rebuilds ``model`` (plus ``extra`` keys)."""
-    spec = dataclasses.asdict(model.spec)
-    spec["num_classes"] = model.num_classes
-    meta = {"format": "botnet", "version": 1, "model": model.name, "spec": spec}
+    spec = model.spec.to_dict()
+    spec["num_classes"] = model.num_classes  # the head may have been reset since the model was built
+    meta = {"format": MODEL_FORMAT, "version": 1, "model": model.name, "spec": spec}
     meta.update(extra)
     json.dumps(meta)  # fail now, not at load time, if something is not JSON-able
     return meta
@@ -245,14 +46,9 @@ def model_meta(model: BoTNet, **extra: Any) -> dict[str, Any]:
 def model_from_meta(meta: dict[str, Any]) -> BoTNet:
     """A freshly initialised model from a :func:`model_meta` description."""
     try:
-        spec_dict = dict(meta["spec"])
-        spec_dict["stages"] = tuple(StageSpec(**stage) for stage in spec_dict["stages"])
-        if isinstance(spec_dict.get("ref_img_size"), list):
-            spec_dict["ref_img_size"] = tuple(spec_dict["ref_img_size"])
-        known = {f.name for f in dataclasses.fields(ModelSpec)}
-        spec = ModelSpec(**{k: v for k, v in spec_dict.items() if k in known})
+        spec = ModelSpec.from_dict(dict(meta["spec"]))
         name = meta["model"]
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"the model description is incomplete or malformed ({type(err).__name__}: {err})") from None
     return build_model(spec, name=name)
 
@@ -263,165 +59,58 @@ def save_model(path: PathLike, model: BoTNet, **extra: Any) -> None:
     atomic_write(path, lambda tmp: write_safetensors(tmp, model.state_dict(), meta))
 
 
-def write_safetensors(path: PathLike, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-    """Write ``state`` to ``path`` (not atomically: wrap in :func:`atomic_write`), ``meta`` under "botnet"."""
-    from safetensors.torch import save_file
+def load_described(
+    path: PathLike,
+    kind: str,
+    build: Callable[[dict[str, Any]], nn.Module],
+    fmt: str,
+    map_location: str | torch.device = "cpu",
+    strict: Callable[[list[str], list[str]], bool] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a described model from ``.safetensors``, a ``.pt`` checkpoint or a run directory.
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(tensors, str(path), metadata={"botnet": json.dumps(meta)})
+    Args:
+        kind: what the model is, for messages ("classifier", "detector").
+        build: description -> freshly built model.
+        fmt: the description's ``format`` this loader reads (a description
+            without one is read as a classifier's, as written by the first
+            versions).
+        strict: given (missing, unexpected) keys of a non-strict load,
+            whether they are acceptable; None: any difference is an error.
 
-
-def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` a checkpoint dict (tensors and plain values only)."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    if "WeightsUnpickler error:" in text:  # torch's long preamble says nothing about this file
-        text = text.split("WeightsUnpickler error:", 1)[1].strip()
-    return text.splitlines()[0].strip() if text else type(err).__name__
-
-
-def _pickle_globals(data: bytes) -> list[str]:
-    """Every global a pickle stream names (without running it); raises ValueError if it is not a pickle."""
-    names, strings = [], []
-    for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
-        if opcode.name == "GLOBAL":
-            names.append(str(arg).replace(" ", "."))
-        elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-            names.append(f"{strings[-2]}.{strings[-1]}")
-        elif isinstance(arg, str):
-            strings.append(arg)
-        if opcode.name == "STOP":
-            break
-    return names
-
-
-def _diagnose(path: Path, err: BaseException) -> CheckpointError:
-    """Why ``torch.load(weights_only=True)`` failed: unsafe content, or a damaged / foreign file."""
-    message = str(err)
-    if "Unsupported global" in message:
-        detail = message[message.find("Unsupported global"):].splitlines()[0]
-        name = detail.split("GLOBAL", 1)[-1].split(" was not", 1)[0].strip()
-        return _unsafe(path, f"it names {name}")
-    if path.stat().st_size == 0:
-        return CheckpointError(f"{str(path)!r} is empty (0 bytes): a damaged checkpoint (was its writing interrupted?)")
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-                data = archive.read(pickles[0]) if pickles else b""
-        else:
-            data = path.read_bytes()
-        unsafe = [name for name in _pickle_globals(data) if not name.startswith(_SAFE_GLOBAL_PREFIXES)]
-    except Exception:  # not a readable zip or pickle stream: damaged or another kind of file
-        unsafe = []
-    if unsafe:
-        return _unsafe(path, f"it names {', '.join(sorted(set(unsafe))[:3])}")
-    return CheckpointError(
-        f"{str(path)!r} is damaged or not a checkpoint file (truncated, overwritten or another format): "
-        f"{_first_line(err)[:160]}"
-    )
-
-
-def _unsafe(path: Path, detail: str) -> CheckpointError:
-    return CheckpointError(
-        f"refusing to load {str(path)!r}: it is not a plain tensor checkpoint but carries pickled Python objects, "
-        f"and loading it would unpickle arbitrary objects or code (weights_only=True refuses them; {detail})"
-    )
-
-
-def load_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Read a ``.pt`` checkpoint with ``weights_only=True``.
+    Returns:
+        (model in eval mode on ``map_location``, description).
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError (a ValueError): the file is damaged (truncated,
-            empty, garbage), or carries pickled objects or code (refused,
-            never executed), or holds no dict.
+        FileNotFoundError, CheckpointError (a ValueError): one line naming the file.
     """
-    path = Path(path)
-    source = committed_path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
+    path = resolve_checkpoint_path(path)
+    state, meta = read_weights_and_meta(path)
+    found = meta.get("format", MODEL_FORMAT)
+    if found != fmt:
+        raise CheckpointError(f"{str(path)!r} holds a {found!r} model, not a {kind}")
     try:
-        with warnings.catch_warnings():  # a foreign pickle's protocol warning would be a second line
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise _diagnose(source, err) from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{str(path)!r} is not a botnet checkpoint (it holds a {type(checkpoint).__name__})")
-    return checkpoint
-
-
-def read_safetensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a ``.safetensors`` file; a damaged file is a one-line CheckpointError."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    source = committed_path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"no weights file at {str(path)!r}")
-    if source.stat().st_size == 0:
-        raise CheckpointError(f"{str(path)!r} is empty (0 bytes): a damaged weights file")
+        model = build(meta)
+    except CheckpointError as err:
+        raise CheckpointError(f"{str(path)!r}: {err}") from None
     try:
-        with safe_open(str(source), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as err:
-        raise CheckpointError(
-            f"{str(path)!r} is damaged or not a safetensors file (truncated or overwritten?): {_first_line(err)[:160]}"
-        ) from None
-    return state, metadata
-
-
-def resolve_checkpoint_path(path: PathLike) -> Path:
-    """``path`` itself, or for a run directory its best/last .safetensors or .pt file."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    for candidate in ("best.safetensors", "last.safetensors", "best.pt", "last.pt"):
-        if committed_path(path / candidate).is_file():
-            return path / candidate
-    raise FileNotFoundError(f"no best/last .safetensors or .pt checkpoint in directory {str(path)!r}")
-
-
-def read_weights_and_meta(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, description) from a ``.safetensors`` file or a ``.pt`` checkpoint, never unpickling."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        state, metadata = read_safetensors(path)
-        if "botnet" not in metadata:
-            raise CheckpointError(f"{str(path)!r} is not a botnet checkpoint: no botnet model description in its metadata")
-        try:
-            meta = json.loads(metadata["botnet"])
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{str(path)!r} has a damaged model description: {err}") from None
-        return state, meta
-    checkpoint = load_checkpoint(path)
-    if "model" not in checkpoint or "meta" not in checkpoint:
-        raise CheckpointError(f"{str(path)!r} is not a botnet checkpoint (needs 'model' and 'meta' entries)")
-    return checkpoint["model"], checkpoint["meta"]
+        if strict is None:
+            model.load_state_dict(state)
+        else:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if not strict(missing, unexpected):
+                model.load_state_dict(state)  # raises with torch's list of keys
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{str(path)!r}: the weights do not fit the {kind} it describes ({first})") from None
+    return model.to(map_location).eval(), meta
 
 
 def load_model(path: PathLike, map_location: str | torch.device = "cpu") -> tuple[BoTNet, dict[str, Any]]:
-    """Rebuild a model and its description from ``.safetensors``, a ``.pt`` checkpoint or a run directory.
+    """Rebuild a classifier and its description from ``.safetensors``, a ``.pt`` checkpoint or a run directory.
 
     Returns:
         (model in eval mode, meta dict).
     """
-    path = resolve_checkpoint_path(path)
-    state, meta = read_weights_and_meta(path)
-    if meta.get("format", "botnet") != "botnet":
-        raise CheckpointError(f"{str(path)!r} holds a {meta.get('format')!r} model, not a classifier")
-    model: nn.Module = model_from_meta(meta)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{str(path)!r}: the weights do not fit the model it describes ({_first_line(err)})") from None
-    return model.to(map_location).eval(), meta
+    model, meta = load_described(path, "classifier", model_from_meta, MODEL_FORMAT, map_location)
+    return model, meta  # type: ignore[return-value]

@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_write, model_meta
+from .checkpoint import model_meta
+from .runtime.store import atomic_write
 from .models.network import BoTNet
 
 __all__ = [
@@ -62,17 +63,12 @@ CHECK_BATCH = 3
 PathLike = str | os.PathLike[str]
 
 
-def _ref_size(model: BoTNet) -> tuple[int, int]:
-    ref = model.spec.ref_img_size
-    return (ref, ref) if isinstance(ref, int) else (int(ref[0]), int(ref[1]))
-
-
 def example_input(model: BoTNet, img_size: tuple[int, int] | None = None, batch: int = 2) -> Tensor:
     """A random (batch, in_chans, H, W) input; H, W default to the model's reference size.
 
     A batch of 2 keeps the exporters from treating the batch as the special size 1.
     """
-    height, width = img_size or _ref_size(model)
+    height, width = img_size or model.spec.ref_img_size
     smallest = model.min_input_size + 1
     if height < smallest or width < smallest:
         raise ValueError(f"export size {height}x{width} is too small for {model.name}: use at least {smallest} px")
@@ -197,7 +193,7 @@ def load_exported(path: PathLike, format: str) -> Callable[[Tensor], Tensor]:
 
 def check_sizes(model: BoTNet, img_size: tuple[int, int] | None = None) -> list[tuple[int, int]]:
     """Two image sizes other than the export size (one not a multiple of the stride, not square)."""
-    height, width = img_size or _ref_size(model)
+    height, width = img_size or model.spec.ref_img_size
     stride, smallest = model.min_input_size, model.min_input_size + 1
     return [
         (height + stride, width + stride),

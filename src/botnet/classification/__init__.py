@@ -7,7 +7,7 @@ The same file names as :mod:`botnet.detection` where they do the same job:
 
 from .data import DATASETS, ImageData, build_data
 from .evaluate import EvalResult, evaluate, evaluate_checkpoint
-from .predict import Preprocessing, classify_files, predict_topk, preprocessing_from_meta
+from .predict import classify_files, predict_topk
 from .train import ClassificationTrainer, TrainConfig, train
 
 __all__ = [
@@ -15,13 +15,11 @@ __all__ = [
     "ClassificationTrainer",
     "EvalResult",
     "ImageData",
-    "Preprocessing",
     "TrainConfig",
     "build_data",
     "classify_files",
     "evaluate",
     "evaluate_checkpoint",
     "predict_topk",
-    "preprocessing_from_meta",
     "train",
 ]

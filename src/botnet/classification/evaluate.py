@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..training.distributed import DistInfo, all_reduce_sum
+from ..runtime.distributed import DistInfo, all_reduce_sum
 
 __all__ = ["EvalResult", "evaluate", "evaluate_checkpoint"]
 
@@ -133,8 +133,8 @@ def evaluate_checkpoint(
     from pathlib import Path
 
     from ..checkpoint import load_model
-    from ..plots import plot_confusion_matrix
-    from ..training.device import resolve_device
+    from ..visualize.plots import plot_confusion_matrix
+    from ..runtime.device import resolve_device
     from .data import build_data
 
     if split not in ("val", "train"):

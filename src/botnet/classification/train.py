@@ -15,28 +15,25 @@ and ``metrics.jsonl``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ..checkpoint import model_meta, write_safetensors
+from ..checkpoint import model_meta
 from ..models import create_model
-from ..training.config import RunConfig, choice, fraction, nonneg_float, positive_int, setting
-from ..training.console import Progress
-from ..training.distributed import all_reduce_sum, average_buffers
-from ..training.rng import epoch_seed
+from ..runtime.checks import choice, fraction, nonneg_float, positive_int
+from ..runtime.console import Progress
+from ..runtime.distributed import average_buffers
+from ..training.config import RunConfig, setting
+from ..training.engine import EpochResult
 from ..training.trainer import Trainer
 from .data import DATASETS, BatchedLoader, ImageData, build_data
 from .evaluate import EvalResult, evaluate
 
-__all__ = ["TrainConfig", "ClassificationTrainer", "train", "RESUMABLE_OVERRIDES"]
-
-RESUMABLE_OVERRIDES = RunConfig.RESUMABLE
+__all__ = ["TrainConfig", "ClassificationTrainer", "train"]
 
 
 @dataclass
@@ -44,9 +41,6 @@ class TrainConfig(RunConfig):
     """Every setting of a classification run (written to ``DIR/config.json``).
 
     The shared settings (recipe, precision, run) are :class:`RunConfig`'s.
-    ``accum_steps`` splits each batch into that many interleaved
-    micro-batches (forward and backward one at a time, one optimiser step),
-    to save memory.
     """
 
     model: str = setting("botnet_mini", "registered model name (see `botnet info --list`)", group="data and model")
@@ -65,8 +59,6 @@ class TrainConfig(RunConfig):
     drop_rate: float = setting(0.0, "dropout before the classifier", fraction(0, 1), group="data and model")
     model_kwargs: dict[str, Any] = setting({}, "model options (ModelSpec fields) as key=value, e.g. pos_emb=absolute "
                                            "heads=8", group="data and model")
-    accum_steps: int = setting(1, "split each batch into N interleaved micro-batches (less memory; one optimiser "
-                               "step)", positive_int, group="recipe")
     label_smoothing: float = setting(0.1, "label smoothing", fraction(0, 1), group="recipe")
     aug: str = setting("basic", "augmentation", choice("none", "basic", "randaugment"), group="recipe")
     mixup: float = setting(0.0, "MixUp alpha (0: off)", nonneg_float, group="recipe")
@@ -85,11 +77,6 @@ class TrainConfig(RunConfig):
         super().validate()
         if self.tta_flip and self.dataset == "digits":
             raise ValueError("--tta-flip mirrors images, which changes what a digit is; not for --dataset digits")
-        if self.batch_size % self.accum_steps:
-            raise ValueError(
-                f"--batch-size {self.batch_size} must be a multiple of --accum-steps {self.accum_steps} "
-                "(micro-batches are equal slices of each batch)"
-            )
 
 
 def _mixing(config: TrainConfig, num_classes: int) -> nn.Module | None:
@@ -112,11 +99,11 @@ class ClassificationTrainer(Trainer):
     config_class = TrainConfig
     task = "classification"
     score_key = "val_acc"
+    score_name = "val top-1"
     config: TrainConfig
 
-    def default_out(self) -> str:
-        config = self.config
-        return str(Path("runs") / f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    def run_name(self) -> str:
+        return f"{self.config.dataset}-{self.config.model}"
 
     # ------------------------------------------------------------------ set-up
 
@@ -167,7 +154,6 @@ class ClassificationTrainer(Trainer):
         self.model = model.to(self.device, memory_format=memory_format)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.mixing = _mixing(config, self.data.num_classes)
-        self.ema = None
 
     def wrap(self, model: nn.Module) -> nn.Module:
         net = super().wrap(model)
@@ -207,81 +193,38 @@ class ClassificationTrainer(Trainer):
             split={"seed": self.config.seed, "val_fraction": self.config.val_fraction},
         )
 
-    def write_weights(self, path: Path, meta: dict[str, Any]) -> None:
-        write_safetensors(path, self.eval_state(), meta)
-
     def data_info(self) -> dict[str, Any]:
         data = self.data
         return data.info | {"class_names": data.class_names, "img_size": list(data.img_size),
                             "mean": list(data.mean), "std": list(data.std)}
 
-    # ------------------------------------------------------------------ epochs
+    # ------------------------------------------------------------------ steps
 
-    def train_one_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
-        config, device = self.config, self.device
-        self.net.train()
-        self.sampler.set_epoch(epoch)
-        # Worker seeds (augmentation in workers) depend on (seed, epoch, rank) only.
-        self.loader_generator.manual_seed(epoch_seed(config.seed, epoch, self.dist.rank))
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        # A non-finite loss stops the run. Reading a CUDA flag makes the host wait for the GPU, which
-        # ends the overlap of Python dispatch and GPU work, so there it is read every 10 steps (the
-        # optimiser steps in between change nothing saved: the epoch's checkpoint is never written).
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        check_every = 1 if device.type == "cpu" else 10
-        progress.start(f"epoch {epoch + 1}/{config.epochs}", self.steps_per_epoch)
-        shown, start = 0, time.perf_counter()
-        for step, (images, labels) in enumerate(self.train_loader):
-            targets = labels
-            if self.mixing is not None:
-                images, targets = self.mixing(images, labels)
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            self.optimizer.zero_grad(set_to_none=True)
-            accum = config.accum_steps
-            for micro in range(accum):
-                # Interleaved micro-batches, like DistributedSampler's rank striding: one process
-                # with accum_steps=N sees the BatchNorm statistics of N processes exactly.
-                part = slice(micro, None, accum)
-                # DDP: all-reduce the gradients once, on the last micro-batch.
-                sync = self.net.no_sync() if self.dist.enabled and micro < accum - 1 else _null()
-                with sync:
-                    with self.autocast():
-                        logits = self.net(images[part])
-                        loss = self.criterion(logits, targets[part])
-                    nonfinite |= ~torch.isfinite(loss.detach())
-                    self.scaler.scale(loss / accum).backward()
-                with torch.no_grad():
-                    batch = logits.shape[0]
-                    totals[0] += loss.detach().double() * batch
-                    totals[1] += (logits.argmax(dim=1) == labels[part]).sum()
-                    totals[2] += batch
-            if (step % check_every == check_every - 1 or step == self.steps_per_epoch - 1) and nonfinite.item():
-                first = step - step % check_every + 1  # 1-based: the first step since the last check
-                where = f"step {step + 1}" if first == step + 1 else f"one of steps {first}-{step + 1}"
-                raise FloatingPointError(
-                    f"loss is not finite at epoch {epoch + 1}, {where}; lower --lr or use --clip-grad"
-                )
-            self.optimizer_step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            if progress.active and (step % 10 == 9 or step == self.steps_per_epoch - 1):
-                seen = (step + 1) * config.batch_size * self.dist.world_size
-                speed = seen / (time.perf_counter() - start)
-                progress.update(step + 1 - shown, f"loss {loss.item():.4f}  {speed:,.0f} img/s")
-                shown = step + 1
-        progress.stop()
-        seconds = time.perf_counter() - start
-        all_reduce_sum(totals, self.dist)
-        count = totals[2].item()
+    def prepare_batch(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(images, soft or hard targets, hard labels) on the device; MixUp / CutMix mix the whole batch."""
+        images, labels = batch
+        targets = labels
+        if self.mixing is not None:
+            images, targets = self.mixing(images, labels)
+        device = self.device
+        images = images.to(device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def step(self, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
+        images, targets, labels = batch
+        logits = self.net(images)
+        return {"loss": self.criterion(logits, targets), "count": torch.tensor(logits.shape[0]),
+                "correct": (logits.argmax(dim=1) == labels).sum()}
+
+    def train_record(self, result: EpochResult) -> dict[str, Any]:
         return {
-            "train_loss": float(totals[0] / count),
+            "train_loss": result.means["loss"],
             # With MixUp/CutMix the hard label is only one of two; accuracy against it means little.
-            "train_acc": None if self.mixing is not None else float(totals[1] / count),
-            "train_images_per_second": count / seconds,
+            "train_acc": None if self.mixing is not None else result.means["correct"],
+            "train_images_per_second": result.images_per_second,
+            "data_wait_per_second": result.data_wait,
         }
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
@@ -325,26 +268,9 @@ class ClassificationTrainer(Trainer):
         return (
             f"epoch {record['epoch']:>3}/{self.config.epochs}  train loss {record['train_loss']:.4f}{train_acc}  "
             f"val loss {record['val_loss']:.4f} top-1 {record['val_acc']:.4f}{raw} top-5 {record['val_top5']:.4f}  "
-            f"lr {record['lr']:.2e}  {record['train_images_per_second']:,.0f} img/s  {record['epoch_seconds']:.1f}s"
+            f"lr {record['lr']:.2e}  {record['train_images_per_second']:,.0f} img/s "
+            f"({record['data_wait_per_second']:.0%} data wait)  {record['epoch_seconds']:.1f}s"
         )
-
-    def fit(self) -> dict[str, Any]:
-        summary = super().fit()
-        final = summary["final"]
-        summary.update(best_val_acc=summary["best_score"], final_val_acc=final.get("val_acc"))
-        if self.dist.is_main:
-            from ..training.console import say
-
-            say(f"[bold]done[/]: best val top-1 {summary['best_val_acc']:.4f} (epoch {summary['best_epoch']}), "
-                f"final {summary['final_val_acc']:.4f}, {summary['elapsed_seconds']:.0f}s training; checkpoints "
-                f"in {summary['out']}")
-        return summary
-
-
-def _null() -> Any:
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def train(config: TrainConfig | None = None, resume: str | None = None, **overrides: Any) -> dict[str, Any]:

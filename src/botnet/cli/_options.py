@@ -17,8 +17,9 @@ import argparse
 import dataclasses
 from typing import Any
 
+from ..runtime.checks import fraction, nonneg_int, positive_float, positive_int
 from ..training.config import (RunConfig, _is_bool, _is_dict, _is_list, check_value, field_type_of, flag_name,
-                               load_config_file, nonneg_int, positive_float, positive_int)
+                               load_config_file)
 
 __all__ = ["add_config_options", "config_overrides", "checked", "positive_int_arg", "nonneg_int_arg", "positive_float_arg",
            "fraction_arg", "device_arg"]
@@ -111,14 +112,12 @@ positive_float_arg = checked(positive_float)
 
 
 def fraction_arg(low: float = 0.0, high: float = 1.0, **kwargs: Any) -> Any:
-    from ..training.config import fraction
-
     return checked(fraction(low, high, **kwargs))
 
 
 def _device(text: str) -> str:
     if text != "auto":
-        from ..training.device import parse_device
+        from ..runtime.device import parse_device
 
         parse_device(text)
     return text

@@ -83,7 +83,7 @@ def _add_runtime_args(parser: argparse.ArgumentParser, device_arg: Any, nonneg_i
 
 
 def _check_out(path: Path, what: str) -> None:
-    from ..training.rundir import check_out_dir
+    from ..runtime.checks import check_out_dir
 
     try:
         check_out_dir(path)
@@ -92,7 +92,7 @@ def _check_out(path: Path, what: str) -> None:
 
 
 def _console() -> Any:
-    from ..training.console import console
+    from ..runtime.console import console
 
     return console()
 
@@ -159,9 +159,6 @@ def run_train(args: argparse.Namespace) -> int:
     metrics = {t: m for t, m in metrics.items() if m}
     if metrics:
         console.print(_metrics_table(metrics, f"COCO metrics after epoch {final['epoch']}"))
-    best = summary["best_score"]
-    console.print(f"checkpoints in {summary['out']}" + (f" (best box AP {best:.3f}, epoch {summary['best_epoch']})"
-                                                         if best is not None else ""))
     return 0
 
 
@@ -169,9 +166,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     _require_pycocotools()
-    from ..checkpoint import atomic_write
+    from ..runtime.store import atomic_write
     from ..detection.evaluate import evaluate_checkpoint
-    from ..training.console import Progress
+    from ..runtime.console import Progress
 
     with Progress() as progress:
         result = evaluate_checkpoint(
@@ -193,10 +190,10 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ..checkpoint import atomic_write
+    from ..runtime.store import atomic_write
     from ..detection.predict import detect_files
     from ..images import image_files
-    from ..training.console import Progress
+    from ..runtime.console import Progress
 
     files = image_files(args.images)
     _check_out(args.out, "--out")

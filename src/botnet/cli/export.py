@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export import CHECK_BATCH, SUFFIXES, check_sizes, compare_exported, export_model
     from . import CommandError
 
-    from ..training.rundir import check_out_file
+    from ..runtime.checks import check_out_file
 
     console = Console(stderr=True)
     check_out_file(args.out)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..models import create_model, get_model_spec, list_models
-    from ..summary import summarize
+    from ..models.summary import summarize
 
     # Piped output has no terminal width; keep the side-by-side table legible.
     console = Console(width=None if Console().is_terminal else 140)

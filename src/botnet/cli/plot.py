@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,27 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+    from ..visualize.plots import plot_run
 
-    from ..plots import plot_training_curves, read_metrics
-
-    source = Path(args.run_dir)
-    records = read_metrics(source)
-    run_dir = source if source.is_dir() else source.parent
-    title = run_dir.name
-    config = run_dir / "config.json"
-    if config.is_file():
-        settings = json.loads(config.read_text()).get("settings", {})
-        if "backbone" in settings:
-            title = f"{settings.get('arch', '?')} + {settings['backbone']} on {settings.get('data', '?')} ({run_dir.name})"
-        else:
-            title = f"{settings.get('model', '?')} on {settings.get('dataset', '?')} ({run_dir.name})"
-    path = plot_training_curves(records, Path(args.out) if args.out else run_dir / "curves.png", title=title)
-    scored = [r for r in records if r.get("val_acc", r.get("bbox_AP")) is not None]
-    if scored:
-        key, name = ("val_acc", "val top-1") if "val_acc" in scored[0] else ("bbox_AP", "box AP")
-        best = max(scored, key=lambda r: r[key])
-        print(f"{path}: {len(records)} epochs, best {name} {100 * best[key]:.2f}% at epoch {best['epoch']}")
-    else:
-        print(f"{path}: {len(records)} epochs")
+    result = plot_run(args.run_dir, args.out)
+    best = result["best"]
+    scored = "" if best is None else f", best {best['name']} {100 * best['value']:.2f}% at epoch {best['epoch']}"
+    print(f"{result['png']}: {result['epochs']} epochs{scored}")
     return 0

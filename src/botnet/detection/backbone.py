@@ -23,7 +23,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ..checkpoint import model_meta
 from ..layers.blocks import BoTBlock
 from ..models import BoTNet, create_model
-from ..weights import LoadReport, load_resnet_weights
+from ..models.weights import LoadReport, load_resnet_weights
 
 __all__ = ["BoTNetFPN", "botnet_fpn_backbone", "freeze_batchnorm", "NORM_LAYERS"]
 

@@ -100,7 +100,7 @@ def evaluate_checkpoint(
     """
     from torch.utils.data import DataLoader
 
-    from ..training.device import resolve_device
+    from ..runtime.device import resolve_device
     from .checkpoint import load_detector
     from .data import CocoDetection, collate, split_paths
 

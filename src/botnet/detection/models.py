@@ -1,10 +1,17 @@
-"""Mask R-CNN and Faster R-CNN with BoTNet FPN backbones (torchvision's detectors)."""
+"""Mask R-CNN and Faster R-CNN with BoTNet FPN backbones (torchvision's detectors), and their description.
+
+:func:`build_detector` builds one from keywords; a :class:`DetectorConfig`
+(JSON-able) describes one, and :func:`build_from_config` builds it again,
+which is what saved detectors carry (:mod:`botnet.detection.checkpoint`).
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torch import Tensor
@@ -19,6 +26,8 @@ from .backbone import BoTNetFPN, botnet_fpn_backbone
 
 __all__ = [
     "ARCHITECTURES",
+    "DetectorConfig",
+    "build_from_config",
     "anchor_generator_for",
     "build_detector",
     "fasterrcnn_botnet50_fpn",
@@ -164,3 +173,57 @@ def maskrcnn_botnet50_fpn(num_classes: int = 91, **kwargs: Any) -> MaskRCNN:
 def fasterrcnn_botnet50_fpn(num_classes: int = 91, **kwargs: Any) -> FasterRCNN:
     """Faster R-CNN with a BoT50 FPN backbone."""
     return build_detector("fasterrcnn", num_classes, "botnet50", **kwargs)
+
+
+@dataclass
+class DetectorConfig:
+    """Everything that builds a detector (see :func:`build_detector`).
+
+    ``detector_kwargs`` are torchvision MaskRCNN / FasterRCNN keywords
+    (``min_size``, ``max_size``, ``box_batch_size_per_image``, ...);
+    ``backbone_kwargs`` are :func:`botnet.create_model` overrides.
+    """
+
+    arch: str = "maskrcnn"
+    backbone: str = "botnet50"
+    num_classes: int = 91
+    norm: str = "bn"
+    trainable_layers: int = 5
+    returned_layers: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    fpn_channels: int = 256
+    box_head_size: int = 1024
+    mask_head_channels: int = 256
+    anchor_scale: float = ANCHOR_SCALE
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    detector_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DetectorConfig:
+        """The config of saved JSON; an unknown key raises (as :meth:`botnet.ModelSpec.from_dict` does)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown detector config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def build_from_config(config: DetectorConfig, weights_backbone: Any = None, backbone_meta: dict | None = None) -> MaskRCNN | FasterRCNN:
+    """The detector of ``config``; ``backbone_meta`` (from a checkpoint) pins the exact backbone spec."""
+    from ..checkpoint import model_from_meta
+
+    if backbone_meta is not None:
+        model: Any = model_from_meta(backbone_meta)
+        model_kwargs: dict[str, Any] = {}
+    else:
+        model, model_kwargs = config.backbone, dict(config.backbone_kwargs)
+    with warnings.catch_warnings():
+        if backbone_meta is not None:  # weights come from the checkpoint, not from a ResNet
+            warnings.filterwarnings("ignore", message="trainable_layers=")
+        body = botnet_fpn_backbone(
+            model, weights=weights_backbone, trainable_layers=config.trainable_layers, norm_layer=config.norm,
+            returned_layers=config.returned_layers, out_channels=config.fpn_channels, **model_kwargs,
+        )
+    return build_detector(
+        config.arch, config.num_classes, body, box_head_size=config.box_head_size,
+        mask_head_channels=config.mask_head_channels, anchor_scale=config.anchor_scale, **config.detector_kwargs,
+    )

@@ -66,9 +66,9 @@ def detect_files(
     """
     from torchvision.transforms.v2 import functional as TF
 
-    from ..checkpoint import atomic_write
+    from ..runtime.store import atomic_write
     from ..images import read_image
-    from ..training.device import resolve_device
+    from ..runtime.device import resolve_device
     from .checkpoint import load_detector
 
     if not 0 <= score_threshold <= 1:

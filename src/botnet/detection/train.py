@@ -17,10 +17,6 @@ download.
 
 from __future__ import annotations
 
-import math
-import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +25,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ..checkpoint import write_safetensors
-from ..training.config import RunConfig, choice, fraction, nonneg_int, positive_float, positive_int, redefault, setting
-from ..training.console import Progress
-from ..training.distributed import barrier, broadcast_object
-from ..training.optim import optimizer_step
-from ..training.rng import epoch_seed
+from ..runtime.checks import choice, fraction, nonneg_int, positive_float, positive_int
+from ..runtime.console import Progress, say
+from ..runtime.distributed import barrier, broadcast_object, unwrap
+from ..training.config import RunConfig, redefault, setting
 from ..training.trainer import Trainer
-from .checkpoint import DetectorConfig, build_from_config, detector_meta, unwrap
+from .checkpoint import detector_meta
+from .models import DetectorConfig, build_from_config
 
-__all__ = ["TrainConfig", "DetectionTrainer", "train", "train_one_epoch", "check_attention_size"]
+__all__ = ["TrainConfig", "DetectionTrainer", "detection_step", "train", "check_attention_size"]
 
 # Datasets whose images are all this small are not upscaled to torchvision's 800 px by default.
 SMALL_IMAGES = 256
@@ -141,54 +136,19 @@ def check_attention_size(spec: dict[str, Any], min_size: int, max_size: int) -> 
             )
 
 
-def _to_device(images: list[Tensor], targets: list[dict[str, Any]], device: torch.device) -> tuple[list[Tensor], list[dict[str, Any]]]:
-    images = [img.to(device, non_blocking=True) for img in images]
-    targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()}
-               for t in targets]
-    return images, targets
+def detection_step(model: nn.Module, batch: tuple[list[Tensor], list[dict[str, Any]]]) -> dict[str, Tensor]:
+    """One training step of a torchvision detector, as :func:`botnet.training.engine.train_one_epoch` takes it.
 
-
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: Iterable[tuple[list[Tensor], list[dict[str, Any]]]],
-    device: torch.device,
-    *,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    grad_clip: float | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    on_step: Callable[[dict[str, float]], None] | None = None,
-) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of every loss term and of their sum ("loss").
-
-    Raises:
-        FloatingPointError: when the loss stops being finite (with the terms),
-            instead of training on.
+    ``(images, targets)`` -> the detector's loss terms, their sum as
+    ``"loss"``, and ``"count"`` 1: the terms are means over the step
+    (torchvision's), so an epoch's record is their mean over steps, as
+    torchvision's logger gives it. Use ``functools.partial(detection_step,
+    model)`` as the engine's ``step``.
     """
-    model.train()
-    sums: dict[str, float] = defaultdict(float)
-    count = 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    for images, targets in loader:
-        images, targets = _to_device(images, targets, device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        values["loss"] = float(loss.detach())
-        if not math.isfinite(values["loss"]):
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise FloatingPointError(f"loss is not finite ({terms}); lower the learning rate or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        optimizer_step(optimizer, params, scheduler=scheduler, scaler=scaler, clip_grad=grad_clip)
-        for k, v in values.items():
-            sums[k] += v
-        count += 1
-        if on_step is not None:
-            on_step(values)
-    return {k: v / max(1, count) for k, v in sums.items()}
+    images, targets = batch
+    losses = model(images, targets)
+    loss = sum(losses.values())
+    return {**{key: value.detach() for key, value in losses.items()}, "loss": loss, "count": torch.ones(())}
 
 
 class DetectionTrainer(Trainer):
@@ -197,10 +157,11 @@ class DetectionTrainer(Trainer):
     config_class = TrainConfig
     task = "detection"
     score_key = "bbox_AP"
+    score_name = "box AP"
     config: TrainConfig
 
-    def default_out(self) -> str:
-        return str(Path("runs") / f"detection-{self.config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}")
+    def run_name(self) -> str:
+        return f"detection-{self.config.backbone}"
 
     def build(self) -> None:
         from .data import CocoDetection, collate, make_synthetic_shapes, require_pycocotools, split_paths
@@ -213,8 +174,6 @@ class DetectionTrainer(Trainer):
         synthetic = config.data == "synthetic"
         self.data_root = Path(self.run.path) / "synthetic" if synthetic else Path(config.data)
         if synthetic and info.is_main and not split_paths(self.data_root, "val")[1].is_file():
-            from ..training.console import say
-
             say(f"generating the synthetic shapes dataset in {self.data_root}")
             make_synthetic_shapes(self.data_root, {"train": 200, "val": 50}, seed=config.seed)
         barrier(info)
@@ -299,20 +258,11 @@ class DetectionTrainer(Trainer):
             return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         return model
 
-    # ------------------------------------------------------------------ state and description
-
-    def eval_state(self) -> dict[str, Tensor]:
-        return unwrap(self.model).state_dict()
-
-    def load_extra_state(self, checkpoint: dict[str, Any]) -> None:
-        unwrap(self.model).load_state_dict(checkpoint["model"])
+    # ------------------------------------------------------------------ description and steps
 
     def meta(self) -> dict[str, Any]:
         return detector_meta(self.model, self.description, class_names=self.train_set.class_names,
                              category_ids=self.train_set.category_ids)
-
-    def write_weights(self, path: Path, meta: dict[str, Any]) -> None:
-        write_safetensors(path, self.eval_state(), meta)
 
     def data_info(self) -> dict[str, Any]:
         return {
@@ -324,28 +274,8 @@ class DetectionTrainer(Trainer):
             "detector": self.description.__dict__,
         }
 
-    # ------------------------------------------------------------------ epochs
-
-    def train_one_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
-        config = self.config
-        self.sampler.set_epoch(epoch)
-        self.loader_generator.manual_seed(epoch_seed(config.seed, epoch, self.dist.rank))
-        progress.start(f"epoch {epoch + 1}/{config.epochs}", self.steps_per_epoch)
-        start = time.perf_counter()
-
-        def on_step(values: dict[str, float]) -> None:
-            progress.update(1, f"loss {values['loss']:.3f} lr {self.scheduler.get_last_lr()[0]:.2e}")
-
-        losses = train_one_epoch(
-            self.net, self.optimizer, self.train_loader, self.device, scheduler=self.scheduler,
-            autocast_dtype=self.amp_dtype, grad_clip=config.clip_grad,
-            scaler=self.scaler if self.scaler.is_enabled() else None, on_step=on_step,
-        )
-        progress.stop()
-        seconds = time.perf_counter() - start
-        # Every rank's mean over its own batches; rank 0's go to the record (as torchvision's logger does).
-        losses["train_images_per_second"] = len(self.sampler) * self.dist.world_size / seconds
-        return losses
+    def step(self, batch: tuple[list[Tensor], list[dict[str, Any]]]) -> dict[str, Tensor]:
+        return detection_step(self.net, batch)
 
     def evaluate(self, epoch: int, progress: Progress) -> dict[str, Any]:
         from .evaluate import evaluate
@@ -382,7 +312,8 @@ class DetectionTrainer(Trainer):
         parts = [f"epoch {record['epoch']:>3}/{self.config.epochs}", f"loss {record['loss']:.3f}"]
         parts += [f"{name} AP {record[key]:.3f}" for key, name in (("bbox_AP", "box"), ("segm_AP", "mask"))
                   if key in record]
-        parts.append(f"lr {record['lr']:.2e}  {record['epoch_seconds']:.0f}s")
+        parts.append(f"lr {record['lr']:.2e}  {record['train_images_per_second']:,.1f} img/s "
+                     f"({record['data_wait_per_second']:.0%} data wait)  {record['epoch_seconds']:.0f}s")
         return "  ".join(parts)
 
 

@@ -96,8 +96,7 @@ class BoTNet(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if imagenet_stem else nn.Identity()
         reduction = 4 if imagenet_stem else 1
 
-        ref = spec.ref_img_size
-        ref_size = _ceil_div((ref, ref) if isinstance(ref, int) else tuple(ref), reduction)
+        ref_size = _ceil_div(spec.ref_img_size, reduction)
         inplanes = spec.stem_width
         self.feature_info: list[dict[str, Any]] = []
         for index, stage in enumerate(spec.stages):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .spec import ModelSpec
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "pretrained_cfg"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["pretrained_cfg"]
 
 
 def pretrained_cfg(spec: ModelSpec) -> dict[str, Any]:
@@ -20,8 +18,7 @@ def pretrained_cfg(spec: ModelSpec) -> dict[str, Any]:
     works too, so ``fixed_input_size`` is False and ``min_input_size`` is the
     stride. There are no published weights: ``url`` is empty.
     """
-    ref = spec.ref_img_size
-    height, width = (ref, ref) if isinstance(ref, int) else tuple(ref)
+    height, width = spec.ref_img_size
     stride = spec.total_stride
     return {
         "url": "",

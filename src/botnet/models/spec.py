@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 __all__ = ["StageSpec", "ModelSpec"]
@@ -40,7 +40,8 @@ class ModelSpec:
         heads, dim_head: MHSA heads and channels per head (None: planes // heads).
         pos_emb: ``"relative"``, ``"absolute"`` or ``"none"``.
         ref_img_size: image size the position tables are made for (a
-            reference for interpolation, not a constraint on inputs).
+            reference for interpolation, not a constraint on inputs); one
+            side or (H, W), always held as (H, W).
         zero_init_last: zero each block's last BN gamma (authors' init).
         num_classes, in_chans, drop_rate: head and input.
         global_pool: the head's pooling, timm's names: ``"avg"`` (the
@@ -66,17 +67,39 @@ class ModelSpec:
     global_pool: str = "avg"
     description: str = field(default="", compare=False)
 
+    def __post_init__(self) -> None:
+        # One form everywhere: the stages as StageSpecs, the reference size as (H, W).
+        object.__setattr__(self, "stages", tuple(
+            s if isinstance(s, StageSpec) else StageSpec(**s) for s in self.stages))
+        ref = self.ref_img_size
+        object.__setattr__(self, "ref_img_size", (int(ref), int(ref)) if isinstance(ref, int) else
+                           (int(ref[0]), int(ref[1])))
+
     def with_overrides(self, **overrides: Any) -> ModelSpec:
         """A copy with fields replaced; unknown names raise a ValueError listing the valid ones."""
-        valid = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown model option(s) {unknown}; valid options: {sorted(valid)}")
-        if "stages" in overrides:
-            overrides["stages"] = tuple(
-                s if isinstance(s, StageSpec) else StageSpec(**s) for s in overrides["stages"]
-            )
+        _check_known(overrides)
         return replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-able data (stages as dicts, ``ref_img_size`` as [H, W]); :meth:`from_dict` inverts it."""
+        values = asdict(self)
+        values["ref_img_size"] = list(self.ref_img_size)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
+        """The spec :meth:`to_dict` gave (or an older one: an int ``ref_img_size`` is read as a square).
+
+        Raises:
+            ValueError: a key that is not a field (the same policy as
+                :meth:`with_overrides`: a description this version cannot
+                build exactly is never built approximately), or a missing
+                ``stages``.
+        """
+        _check_known(values)
+        if "stages" not in values:
+            raise ValueError("a model spec needs 'stages'")
+        return cls(**values)
 
     @property
     def uses_attention(self) -> bool:
@@ -89,3 +112,10 @@ class ModelSpec:
         for stage in self.stages:
             stride *= stage.stride
         return stride
+
+
+def _check_known(values: dict[str, Any]) -> None:
+    valid = {f.name for f in fields(ModelSpec)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown}; valid options: {sorted(valid)}")

@@ -20,113 +20,25 @@ one-line error that names the file and the key. A ``base: other.yaml`` key
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime.checks import Check, choice, fraction, nonneg_float, nonneg_int, positive_float, positive_int
+
 __all__ = [
     "RunConfig",
     "setting",
-    "positive_int",
-    "nonneg_int",
-    "positive_float",
-    "nonneg_float",
-    "finite_float",
-    "fraction",
-    "choice",
     "flag_name",
     "redefault",
     "load_config_file",
     "config_from_dict",
     "check_value",
 ]
-
-Check = Callable[[Any], Any]
-
-
-# --------------------------------------------------------------------------- value checks
-# Each takes a value (a string from the command line or YAML, or a Python value) and returns
-# it converted, or raises ValueError("must be ..., got ...").
-
-
-def _number(value: Any, kind: type) -> Any:
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    try:
-        number = kind(value) if not isinstance(value, str) or kind is float else int(value, 10)
-    except (TypeError, ValueError):
-        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-    if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"must be an integer, got {value!r}")
-    return number
-
-
-def positive_int(value: Any) -> int:
-    number = _number(value, int)
-    if number < 1:
-        raise ValueError(f"must be an integer >= 1, got {value!r}")
-    return number
-
-
-def nonneg_int(value: Any) -> int:
-    number = _number(value, int)
-    if number < 0:
-        raise ValueError(f"must be an integer >= 0, got {value!r}")
-    return number
-
-
-def finite_float(value: Any) -> float:
-    number = _number(value, float)
-    if not math.isfinite(number):
-        raise ValueError(f"must be a finite number, got {value!r}")
-    return number
-
-
-def positive_float(value: Any) -> float:
-    number = finite_float(value)
-    if number <= 0:
-        raise ValueError(f"must be a finite number > 0, got {value!r}")
-    return number
-
-
-def nonneg_float(value: Any) -> float:
-    number = finite_float(value)
-    if number < 0:
-        raise ValueError(f"must be a finite number >= 0, got {value!r}")
-    return number
-
-
-def fraction(low: float = 0.0, high: float = 1.0, *, low_open: bool = False, high_open: bool = True) -> Check:
-    """A check for numbers in [low, high) (ends open or closed as asked)."""
-    left, right = "(" if low_open else "[", ")" if high_open else "]"
-
-    def check(value: Any) -> float:
-        number = finite_float(value)
-        if (number <= low if low_open else number < low) or (number >= high if high_open else number > high):
-            raise ValueError(f"must be in {left}{low:g}, {high:g}{right}, got {value!r}")
-        return number
-
-    check.__name__ = f"fraction{left}{low:g},{high:g}{right}"
-    return check
-
-
-def choice(*options: Any) -> Check:
-    """A check for one of ``options`` (a command-line string "3" matches the option 3)."""
-
-    def check(value: Any) -> Any:
-        for option in options:
-            if value == option or (isinstance(value, str) and value == str(option)):
-                return option
-        raise ValueError(f"must be one of {', '.join(map(str, options))}, got {value!r}")
-
-    check.__name__ = "choice"
-    check.choices = options  # type: ignore[attr-defined]
-    return check
 
 
 def setting(default: Any, help: str, check: Check | None = None, *, flags: tuple[str, ...] = (),
@@ -257,6 +169,8 @@ class RunConfig:
     min_lr_ratio: float = setting(0.0, "cosine schedule ends at this fraction of the peak LR",
                                   fraction(0, 1, high_open=False), group="recipe")
     clip_grad: float | None = setting(5.0, "clip the gradient norm to this (0: off)", nonneg_float, group="recipe")
+    accum_steps: int = setting(1, "split each batch into N interleaved micro-batches (less memory; one optimiser "
+                               "step)", positive_int, group="recipe")
     amp: bool = setting(False, "mixed precision autocast (bf16; fp16 uses a grad scaler)")
     amp_dtype: str = setting("bfloat16", "autocast dtype", choice("bfloat16", "float16"))
     compile: bool = setting(False, "torch.compile the model")
@@ -279,8 +193,13 @@ class RunConfig:
                 raise ValueError(f"{flag_name(spec.name)} {err}") from None
         if self.clip_grad == 0:
             self.clip_grad = None
+        if self.batch_size % self.accum_steps:
+            raise ValueError(
+                f"--batch-size {self.batch_size} must be a multiple of --accum-steps {self.accum_steps} "
+                "(micro-batches are equal slices of each batch)"
+            )
         if self.device != "auto":
-            from .device import parse_device
+            from ..runtime.device import parse_device
 
             try:
                 parse_device(self.device)

@@ -9,7 +9,7 @@ Layout::
     OUT/best.pt, OUT/best.safetensors   the same for the epoch with the best score
     OUT/manifest.json      which epoch each file describes (the commit record)
 
-Each epoch's files are written as one set (:func:`botnet.checkpoint.write_file_set`):
+Each epoch's files are written as one set (:func:`botnet.runtime.store.write_file_set`):
 ``last.pt``, ``last.safetensors`` and ``metrics.jsonl`` always describe the
 same epoch, and ``best.*`` the best epoch that ``last.pt`` records. Temporary
 files of an interrupted write are removed when the next run starts (or
@@ -26,48 +26,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import (atomic_write, committed_path, load_checkpoint, read_manifest, recover_file_set,
-                          write_file_set)
+from ..runtime.checks import check_out_dir
+from ..runtime.store import (atomic_write, committed_path, load_checkpoint, read_manifest, recover_file_set,
+                             write_file_set)
 
-__all__ = ["RunDir", "check_out_dir", "check_out_file"]
-
-
-def check_out_dir(path: str | os.PathLike[str]) -> Path:
-    """Raise a one-line ValueError now if a run directory cannot be created or written at ``path``.
-
-    Called before any data or model is built, so a typo costs nothing.
-    """
-    path = Path(path)
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"--out {str(path)!r} exists and is not a directory")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ValueError(f"--out {str(path)!r} is not writable")
-        return path
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"--out {str(path)!r} cannot be created: {str(parent)!r} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {str(path)!r} cannot be created: {str(parent)!r} is not writable")
-    return path
-
-
-def check_out_file(path: str | os.PathLike[str], option: str = "--out") -> Path:
-    """Raise a one-line ValueError now if a file cannot be written at ``path`` (its folder is created later)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{option} {str(path)!r} is a directory; give a file name")
-    existing = path.absolute().parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{option} {str(path)!r} cannot be written: {str(existing)!r} is a file, not a directory")
-    writable = os.access(path, os.W_OK) if path.exists() else os.access(existing, os.W_OK | os.X_OK)
-    if not writable:
-        raise ValueError(f"{option} {str(path)!r} cannot be written: permission denied")
-    return path
+__all__ = ["RunDir"]
 
 
 class RunDir:

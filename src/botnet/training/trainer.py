@@ -1,10 +1,13 @@
-"""The epoch loop every task shares: set-up, resume, optimiser, schedule, checkpoints, metrics.
+"""A training run of any task: set-up, resume, optimiser, schedule, epochs, checkpoints, metrics.
 
 A task (classification, detection) subclasses :class:`Trainer` and says
-only what is its own: how to build data and model (:meth:`Trainer.build`),
-one training epoch (:meth:`Trainer.train_one_epoch`), evaluation
-(:meth:`Trainer.evaluate`), the saved model description and weights. The
-base class does the rest, identically for every task:
+only what is its own: its config class, name and score key; how to build
+data and model (:meth:`Trainer.build`); what one step computes
+(:meth:`Trainer.step`, run by the one epoch loop,
+:func:`botnet.training.engine.train_one_epoch`); evaluation
+(:meth:`Trainer.evaluate`); and the saved model description
+(:meth:`Trainer.meta`). Everything else has a default here, and the base
+class does the rest, identically for every task:
 
 * checks the config and the output directory before any data is read;
 * picks and checks the device, joins torchrun's process group;
@@ -13,6 +16,9 @@ base class does the rest, identically for every task:
   decay on norms, biases, position tables), the schedule (warm-up, then
   cosine / step / constant), the grad scaler for fp16, ``torch.compile``
   and DistributedDataParallel;
+* runs every epoch through :func:`~botnet.training.engine.train_one_epoch`
+  (autocast, micro-batches, backward, clipping, EMA, the non-finite-loss
+  check, progress, throughput and data-wait, means over ranks);
 * after every epoch, commits ``last.pt`` / ``last.safetensors`` /
   ``metrics.jsonl`` (and ``best.*`` when the task's score improved) as one
   set (:class:`~botnet.training.rundir.RunDir`), with the optimiser,
@@ -23,7 +29,8 @@ base class does the rest, identically for every task:
   run killed at any moment and resumed ends with the same metrics as one
   never interrupted (same machine and thread count).
 
-Only rank 0 writes files and prints.
+Only rank 0 writes files and prints; the final summary line is printed
+here for every task.
 """
 
 from __future__ import annotations
@@ -41,13 +48,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import RunConfig, check_value, flag_name
-from .console import Progress, say
-from .device import resolve_device
-from .distributed import (DistInfo, all_gather_objects, barrier, broadcast_object, cleanup, init_distributed)
-from .optim import create_optimizer, current_lr, lr_schedule, optimizer_step
-from .rng import rng_state, seed_everything, set_rng_state
-from .rundir import RunDir, check_out_dir
+from ..runtime.checks import check_out_dir
+from ..runtime.console import Progress, say
+from ..runtime.device import resolve_device
+from ..runtime.distributed import (DistInfo, all_gather_objects, barrier, broadcast_object, cleanup, init_distributed,
+                                   unwrap)
+from ..runtime.store import write_safetensors
+from .config import RunConfig, check_value
+from .engine import EpochResult, train_one_epoch
+from .optim import create_optimizer, current_lr, lr_schedule
+from .rng import epoch_seed, rng_state, seed_everything, set_rng_state
+from .rundir import RunDir
 
 __all__ = ["Trainer", "versions"]
 
@@ -68,8 +79,10 @@ class Trainer:
 
     config_class: ClassVar[type[RunConfig]] = RunConfig
     task: ClassVar[str] = "task"
-    # The record entry whose increase makes an epoch the new "best" (None: every epoch is).
+    # The record entry whose increase makes an epoch the new "best" (None: every epoch is), and its
+    # name in the summary line.
     score_key: ClassVar[str | None] = None
+    score_name: ClassVar[str] = "score"
 
     def __init__(self, config: RunConfig | None = None, resume: str | os.PathLike[str] | None = None,
                  **overrides: Any) -> None:
@@ -167,7 +180,11 @@ class Trainer:
             self._restore(checkpoint)
 
     def default_out(self) -> str:
-        return str(Path("runs") / f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+        return str(Path("runs") / f"{self.run_name()}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    def run_name(self) -> str:
+        """The default run directory's name before its time stamp."""
+        return self.task
 
     def peak_lr(self) -> float:
         """The learning rate the schedule peaks at (tasks may derive a default from the batch)."""
@@ -187,22 +204,22 @@ class Trainer:
     def autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
-    def optimizer_step(self) -> None:
-        """After the backward pass: clip, step the optimiser, the grad scaler and the schedule."""
-        optimizer_step(self.optimizer, [p for p in self.model.parameters() if p.requires_grad],
-                       scheduler=self.scheduler, scaler=self.scaler, clip_grad=self.config.clip_grad)
-
     # ------------------------------------------------------------------ what a task provides
 
     model: nn.Module
+    train_loader: Any
+    sampler: Any  # set_epoch(epoch): the epoch's order, a function of (seed, epoch)
+    loader_generator: torch.Generator  # seeds the epoch's augmentation and loader workers
     steps_per_epoch: int
+    ema: Any = None  # an AveragedModel of the weights, updated after every step, when a task keeps one
 
     def build(self) -> None:
-        """Build data, loaders and ``self.model``; set ``self.steps_per_epoch``."""
+        """Build data, loaders and ``self.model``; set ``train_loader``, ``sampler``,
+        ``loader_generator`` and ``steps_per_epoch``."""
         raise NotImplementedError
 
-    def train_one_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
-        """One epoch (0-based ``epoch``); returns record entries (losses, throughput)."""
+    def step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One (micro-)batch's forward pass: ``{"loss", "count", **sums}`` (see :mod:`botnet.training.engine`)."""
         raise NotImplementedError
 
     def evaluate(self, epoch: int, progress: Progress) -> dict[str, Any]:
@@ -213,13 +230,30 @@ class Trainer:
         """The JSON-able description saved with the weights (rebuilds the model)."""
         raise NotImplementedError
 
-    def write_weights(self, path: Path, meta: dict[str, Any]) -> None:
-        """Write the evaluated weights with ``meta`` as safetensors to ``path`` (not atomically)."""
-        raise NotImplementedError
+    # ------------------------------------------------------------------ defaults a task may change
+
+    def prepare_batch(self, batch: Any) -> Any:
+        """A whole batch as the step takes it: here, every tensor moved to the device."""
+        return _to_device(batch, self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the epoch's order and augmentation functions of (seed, epoch, rank) only, so it replays
+        exactly after a resume."""
+        self.sampler.set_epoch(epoch)
+        self.loader_generator.manual_seed(epoch_seed(self.config.seed, epoch, self.dist.rank))
+
+    def train_record(self, result: EpochResult) -> dict[str, Any]:
+        """Record entries of a training epoch: the step means, throughput and the data-wait fraction."""
+        return {**result.means, "train_images_per_second": result.images_per_second,
+                "data_wait_per_second": result.data_wait}
 
     def eval_state(self) -> dict[str, torch.Tensor]:
         """The state dict of the evaluated weights (saved as ``model`` in the .pt files)."""
-        return self.model.state_dict()
+        return unwrap(self.model).state_dict()
+
+    def write_weights(self, path: Path, meta: dict[str, Any]) -> None:
+        """Write the evaluated weights with ``meta`` as safetensors to ``path`` (not atomically)."""
+        write_safetensors(path, self.eval_state(), meta)
 
     def extra_state(self) -> dict[str, Any]:
         """Task state to save beside the common one (e.g. an EMA)."""
@@ -227,13 +261,14 @@ class Trainer:
 
     def load_extra_state(self, checkpoint: dict[str, Any]) -> None:
         """Restore :meth:`extra_state` (and the training weights) from a checkpoint."""
-        self.model.load_state_dict(checkpoint["model"])
+        unwrap(self.model).load_state_dict(checkpoint["model"])
 
     def describe(self) -> str:
         """The header line printed when the run starts."""
         return f"[bold]botnet {self.task}[/] -> {self.run.path}"
 
     def epoch_line(self, record: dict[str, Any]) -> str:
+        """The line printed after every epoch."""
         return f"epoch {record['epoch']:>3}/{self.config.epochs}"
 
     def data_info(self) -> dict[str, Any]:
@@ -338,7 +373,7 @@ class Trainer:
             for epoch in range(self.start_epoch, config.epochs):
                 start = time.perf_counter()
                 record: dict[str, Any] = {"epoch": epoch + 1}
-                record.update(self.train_one_epoch(epoch, progress))
+                record.update(self._train_epoch(epoch, progress))
                 record["lr"] = current_lr(self.optimizer)
                 record.update(self.evaluate(epoch, progress))
                 score = record.get(self.score_key) if self.score_key else None
@@ -356,13 +391,56 @@ class Trainer:
                 self._save(epoch, improved)
                 say(self.epoch_line(record) + ("  [green]best[/]" if improved and score is not None else ""), main)
         barrier(info)
+        summary = self._summary(elapsed)
+        say(self._summary_line(summary), main)
+        return summary
+
+    def _train_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
+        """One epoch through the engine; its record entries."""
+        self.set_epoch(epoch)
+        result = train_one_epoch(
+            self.net, self.step, self.train_loader, self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            clip_grad=self.config.clip_grad, autocast=self.autocast, accum_steps=self.config.accum_steps,
+            prepare=self.prepare_batch, ema=self.ema,
+            # Reading a CUDA flag makes the host wait for the GPU, ending the overlap of Python dispatch
+            # and GPU work: there the non-finite flag is read every 10 steps.
+            check_every=1 if self.device.type == "cpu" else 10,
+            dist=self.dist, progress=progress, description=f"epoch {epoch + 1}/{self.config.epochs}", epoch=epoch,
+        )
+        return self.train_record(result)
+
+    def _summary(self, elapsed: float) -> dict[str, Any]:
         final = self.history[-1] if self.history else {}
-        return {
+        best = self.best_score if self.best_score > -float("inf") else None
+        summary = {
             "out": str(self.run.path),
-            "epochs": config.epochs,
+            "epochs": self.config.epochs,
             "best_metric": self.score_key,
-            "best_score": self.best_score if self.best_score > -float("inf") else None,
+            "best_score": best,
             "best_epoch": self.best_epoch,
             "final": final,
             "elapsed_seconds": elapsed,
         }
+        if self.score_key:  # e.g. best_val_acc / final_val_acc
+            summary[f"best_{self.score_key}"] = best
+            summary[f"final_{self.score_key}"] = final.get(self.score_key)
+        return summary
+
+    def _summary_line(self, summary: dict[str, Any]) -> str:
+        where = f"{summary['elapsed_seconds']:.0f}s training; checkpoints in {summary['out']}"
+        final = summary["final"].get(self.score_key) if self.score_key else None
+        if summary["best_score"] is None or final is None:
+            return f"[bold]done[/]: {summary['epochs']} epochs, {where}"
+        return (f"[bold]done[/]: best {self.score_name} {summary['best_score']:.4f} (epoch {summary['best_epoch']}), "
+                f"final {final:.4f}, {where}")
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device) for item in value)
+    if isinstance(value, dict):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    return value

@@ -10,24 +10,25 @@ is content versus position?":
   query, its content logits, position logits and attention weights side by
   side on the same feature-map grid.
 
-Figures are built with :class:`matplotlib.figure.Figure` (no pyplot state, no
-GUI backend); save them with :func:`save_figure` (small PNGs) or ``fig.savefig``.
+Figures are built with :class:`matplotlib.figure.Figure` in the package's
+style (:mod:`~botnet.visualize.style`: no pyplot state, no GUI backend); save
+them with :func:`~botnet.visualize.style.save_figure` (small PNGs) or
+``fig.savefig``.
 """
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .queries import position_share
 from .record import AttentionRecord
+from .style import styled
 
-__all__ = ["attention_figure", "position_figure", "position_share", "save_figure"]
+__all__ = ["attention_figure", "position_figure"]
 
 PANEL_INCHES = 2.4
 
@@ -56,21 +57,7 @@ def _mark(ax, x: float, y: float, label: str | None = None, size: float = 9) -> 
         )
 
 
-def position_share(record: AttentionRecord, token: tuple[int, int], batch: int = 0) -> np.ndarray | None:
-    """Per head, the fraction of the logits' spread over keys that comes from position.
-
-    ``std_j(position) / (std_j(content) + std_j(position))`` for the query at
-    ``token``: 0 means the query's logits vary only with content, 1 only with
-    position. None for layers without position logits. Shape (heads,).
-    """
-    if record.position_logits is None:
-        return None
-    i = record.token(*token)
-    content = record.content_logits[batch, :, i].std(dim=-1)
-    position = record.position_logits[batch, :, i].std(dim=-1)
-    return (position / (content + position).clamp_min(1e-12)).cpu().numpy()
-
-
+@styled
 def attention_figure(
     image: np.ndarray,
     record: AttentionRecord,
@@ -157,6 +144,7 @@ def _centred(values: np.ndarray) -> np.ndarray:
     return values - values.mean(axis=(-2, -1), keepdims=True)
 
 
+@styled
 def position_figure(
     record: AttentionRecord,
     query: tuple[int, int] | None = None,
@@ -250,25 +238,3 @@ def position_figure(
         fontsize=10,
     )
     return fig
-
-
-def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> None:
-    """Save a figure; a ``.png`` gets an adaptive 256-colour palette.
-
-    Photo overlays make full-colour PNGs large (~0.5 MB); the palette version
-    is 3-4x smaller and looks the same (colour maps and a gray photo need few
-    colours; no dithering, so colour bars stay smooth). Other formats are
-    written by matplotlib as they are.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        fig.savefig(path, dpi=dpi)
-        return
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        image = image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-    image.save(path, optimize=True)

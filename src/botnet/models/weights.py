@@ -7,13 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
-from .layers.blocks import BoTBlock
+from ..layers.blocks import BoTBlock
 
 if TYPE_CHECKING:
-    from .models.network import BoTNet
+    from .network import BoTNet
 
 __all__ = ["LoadReport", "botnet50_from_torchvision", "load_resnet_weights", "read_state_dict"]
 
@@ -44,7 +43,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     ``module.`` prefix. A damaged file or one that carries pickled objects is
     a one-line error from :mod:`botnet.checkpoint` naming the file.
     """
-    from .checkpoint import load_checkpoint, read_safetensors
+    from ..runtime.store import load_checkpoint, read_safetensors
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -183,7 +182,7 @@ def botnet50_from_torchvision(resnet: nn.Module, num_classes: int | None = None,
         >>> resnet = torchvision.models.resnet50(weights="IMAGENET1K_V2")
         >>> model = botnet.botnet50_from_torchvision(resnet, num_classes=10)
     """
-    from .models.registry import create_model
+    from .registry import create_model
 
     weight = resnet.conv1.weight
     fc = getattr(resnet, "fc", None)

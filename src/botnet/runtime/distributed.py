@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo", "init_distributed", "all_reduce_sum", "all_gather_objects", "average_buffers", "broadcast_object",
-    "barrier", "cleanup",
+    "barrier", "cleanup", "unwrap",
 ]
 
 
@@ -98,3 +98,13 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel and/or ``torch.compile`` wrapper (or the model itself).
+
+    Its state-dict keys carry no ``module.`` / ``_orig_mod.`` prefix, so what is saved from it loads
+    into a plain model.
+    """
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .layers.mhsa import MHSA2d
-from .models.network import STAGE_NAMES, BoTNet
+from ..layers.mhsa import MHSA2d
+from .network import STAGE_NAMES, BoTNet
 
 __all__ = ["StageSummary", "summarize"]
 

@@ -10,13 +10,15 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["read_metrics", "plot_training_curves", "plot_confusion_matrix"]
+from .style import save_figure, styled
+
+__all__ = ["read_metrics", "plot_run", "plot_training_curves", "plot_confusion_matrix"]
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` file (or a run directory holding one)."""
     path = Path(path)
-    from .checkpoint import committed_path
+    from ..runtime.store import committed_path
 
     if path.is_dir():
         path = path / "metrics.jsonl"
@@ -40,15 +42,49 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return records
 
 
-def _figure(*args: Any, **kwargs: Any):
-    import matplotlib
+def plot_run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Draw a run's ``metrics.jsonl`` (:func:`plot_training_curves`), titled from its ``config.json``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        source: a run directory or its ``metrics.jsonl``.
+        out: the PNG (default: ``curves.png`` in the run directory).
 
-    return plt, plt.subplots(*args, **kwargs)
+    Returns:
+        ``{"png", "epochs", "best"}``: ``best`` is None without validation,
+        else ``{"name", "value", "epoch"}`` (top-1, or box AP).
+    """
+    source = Path(source)
+    records = read_metrics(source)
+    run_dir = source if source.is_dir() else source.parent
+    title = run_dir.name
+    config = run_dir / "config.json"
+    if config.is_file():
+        try:
+            settings = json.loads(config.read_text()).get("settings", {})
+        except (OSError, ValueError):
+            settings = {}
+        if "backbone" in settings:
+            title = f"{settings.get('arch', '?')} + {settings['backbone']} on {settings.get('data', '?')} ({run_dir.name})"
+        elif settings:
+            title = f"{settings.get('model', '?')} on {settings.get('dataset', '?')} ({run_dir.name})"
+    png = plot_training_curves(records, Path(out) if out else run_dir / "curves.png", title=title)
+    scored = [r for r in records if r.get("val_acc", r.get("bbox_AP")) is not None]
+    best = None
+    if scored:
+        key, name = ("val_acc", "val top-1") if "val_acc" in scored[0] else ("bbox_AP", "box AP")
+        top = max(scored, key=lambda r: r[key])
+        best = {"name": name, "value": top[key], "epoch": top["epoch"]}
+    return {"png": png, "epochs": len(records), "best": best}
 
 
+def _figure(ncols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols)
+
+
+@styled
 def plot_training_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
     """Loss, accuracy (or COCO AP) and learning rate against epoch, side by side; returns the PNG path.
 
@@ -58,7 +94,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | os.PathL
     """
     if "val_acc" not in records[0]:
         return _plot_detection_curves(records, path, title)
-    plt, (fig, (ax_loss, ax_acc, ax_lr)) = _figure(1, 3, figsize=(13, 3.8))
+    fig, (ax_loss, ax_acc, ax_lr) = _figure(3, figsize=(13, 3.8))
     epochs = [r["epoch"] for r in records]
 
     def series(key: str) -> list[float] | None:
@@ -85,11 +121,12 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | os.PathL
     ax_acc.legend()
     if title:
         fig.suptitle(title)
-    return _save(plt, fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
+@styled
 def _plot_detection_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str) -> Path:
-    plt, (fig, (ax_loss, ax_ap, ax_lr)) = _figure(1, 3, figsize=(13, 3.8))
+    fig, (ax_loss, ax_ap, ax_lr) = _figure(3, figsize=(13, 3.8))
     epochs = [r["epoch"] for r in records]
     for key in sorted({k for r in records for k in r if k == "loss" or k.startswith("loss_")}):
         ax_loss.plot(epochs, [r.get(key) for r in records], marker="o", ms=3, label=key, lw=2 if key == "loss" else 1)
@@ -108,9 +145,10 @@ def _plot_detection_curves(records: Sequence[dict[str, Any]], path: str | os.Pat
         ax_ap.legend()
     if title:
         fig.suptitle(title)
-    return _save(plt, fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
+@styled
 def plot_confusion_matrix(
     matrix: Tensor, class_names: Sequence[str], path: str | os.PathLike[str], title: str = ""
 ) -> Path:
@@ -119,7 +157,7 @@ def plot_confusion_matrix(
     rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
     n = len(class_names)
     side = max(5.0, 0.55 * n + 2)
-    plt, (fig, ax) = _figure(figsize=(side + 1, side))
+    fig, ax = _figure(figsize=(side + 1, side))
     image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     if n <= 30:
@@ -131,14 +169,4 @@ def plot_confusion_matrix(
         ax.set_xticks(range(n), class_names, rotation=45, ha="right")
         ax.set_yticks(range(n), class_names)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
-    return _save(plt, fig, path)
-
-
-def _save(plt, fig, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG (creating the folder), close it, return the path."""
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

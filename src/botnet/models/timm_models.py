@@ -63,8 +63,8 @@ def pretrained_cfg(name: str) -> dict[str, Any]:
     for); any other size of at least the network's stride works too, so
     ``fixed_input_size`` is False.
     """
-    from .models.pretrained_cfg import pretrained_cfg as spec_pretrained_cfg
-    from .models.registry import get_model_spec
+    from .pretrained_cfg import pretrained_cfg as spec_pretrained_cfg
+    from .registry import get_model_spec
 
     return spec_pretrained_cfg(get_model_spec(name))
 
@@ -72,7 +72,7 @@ def pretrained_cfg(name: str) -> dict[str, Any]:
 def _entrypoint(name: str, registered_as: str) -> Callable[..., Any]:
     from timm.models import build_model_with_cfg
 
-    from .models.registry import create_model
+    from .registry import create_model
 
     def build(**kwargs: Any) -> Any:
         return create_model(name, **kwargs)
@@ -110,7 +110,7 @@ def register_timm_models() -> dict[str, str]:
     import timm.models
     from timm.models import generate_default_cfgs
 
-    from .models.registry import list_models
+    from .registry import list_models
 
     module = sys.modules[__name__]
     for name in list_models():
