@@ -123,9 +123,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def run_worker(script: Path, args: list[str], timeout: float = 600) -> dict:
-    """Run ``script --worker ...`` in a fresh process; it prints one JSON line last."""
-    env = {**os.environ, **WORKER_ENV}
+def run_worker(script: Path, args: list[str], timeout: float = 600, env: dict | None = None) -> dict:
+    """Run ``script --worker ...`` in a fresh process; it prints one JSON line last.
+
+    ``env``: variables to set instead of :data:`WORKER_ENV` (``{}``: glibc's own allocation policy, e.g.
+    for throughput of code that allocates large buffers per item, which a fixed mmap threshold slows).
+    """
+    env = {**os.environ, **(WORKER_ENV if env is None else env)}
     proc = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -195,3 +199,54 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- ImageNet-like photos
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+
+
+def photo_folder(root: Path, classes: int, per_class: int, size: tuple[int, int] = (500, 375),
+                 split: str = "train", quality: int = 90) -> Path:
+    """``root/<split>/<class>/*.JPEG``: ImageNet-like JPEGs (``size`` = (W, H)) cut from real photographs.
+
+    Each image is a random crop (10-100 % of the side, any aspect ratio in
+    3/4..4/3) of one of scikit-image's sample photographs, resized to
+    ``size`` and saved at JPEG quality ``quality`` (ImageNet's are ~500x375,
+    quality ~90, ~110 KB): real texture and edges, as a decoder and a
+    resampler see in practice, not noise (which compresses and decodes
+    differently). Deterministic (seed 0); kept if already complete.
+    """
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    target = root / split
+    done = root / f".{split}.complete"  # beside the split, not in it (no stray file among the classes)
+    if done.is_file() and done.read_text() == f"{classes} {per_class} {size} {quality}":
+        return root
+    sources = []
+    for name in PHOTOS:
+        try:
+            photo = np.asarray(getattr(data, name)())
+        except Exception:  # a sample that this scikit-image fetches from the network
+            continue
+        if photo.ndim == 3 and photo.shape[2] >= 3:
+            sources.append(Image.fromarray(np.ascontiguousarray(photo[..., :3])))
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = target / f"class{c:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            photo = sources[int(rng.integers(len(sources)))]
+            w, h = photo.size
+            side = rng.uniform(0.1, 1.0) * min(w, h)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            cw, ch = min(w, int(side * ratio ** 0.5)), min(h, int(side / ratio ** 0.5))
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            crop = photo.crop((x, y, x + cw, y + ch)).resize(size, Image.BICUBIC)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+            crop.save(folder / f"img{i:05d}.JPEG", quality=quality)
+    done.write_text(f"{classes} {per_class} {size} {quality}")
+    return root

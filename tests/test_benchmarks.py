@@ -162,3 +162,47 @@ def test_fashion_mnist_benchmark_tiny(tmp_path):
     if first is not None:
         assert budget["training_s_to_target"] == metrics[first]["elapsed_seconds"]
     assert "### Longer schedule: when is 30.00 % reached?" in out.with_suffix(".md").read_text()
+
+
+def test_input_pipeline_benchmark_tiny(tmp_path):
+    pytest.importorskip("timm")
+    pytest.importorskip("webdataset")
+    pytest.importorskip("skimage")
+    out = tmp_path / "input_pipeline.json"
+    _run("input_pipeline.py", "--work", str(tmp_path / "work"), "--classes", "2", "--per-class", "8", "--workers", "1",
+         "--batch", "4", "--rounds", "1", "--lever-images", "4", "--lever-rounds", "1", "--large-images", "2",
+         "--out", str(out), cwd=tmp_path)  # fmt: skip
+    report = json.loads(out.read_text())
+    assert {"torchvision", "timm", "pillow", "date", "cpu"} <= set(report["machine"])
+    rows = {r["loader"]: r for r in report["results"]}
+    assert set(rows) == {"folder", "shards", "timm", "torchvision"}
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["workers"] == 1 and row["images"] == 16  # every image of the epoch, first batch included
+        assert row["images_per_second_per_worker"] == row["img_per_s"] > 0
+        assert row["img_per_cpu_s"] > 0 and row["peak_pss_bytes"] > 0
+        assert row["per_worker_vs_timm"] == pytest.approx(row["img_per_s"] / rows["timm"]["img_per_s"])
+    levers = {r["lever"]: r for r in report["levers"]}
+    decode = levers["decode: torchvision.io.decode_jpeg (libjpeg-turbo)"]
+    assert decode["ms_per_image"] > 0 and 0 <= decode["identical_to_pil_fraction"] <= 1
+    draft = levers["crop+resize 1600x1200: PIL draft() decode"]
+    assert 0 <= draft["draft_used_fraction"] <= 1 and draft["mean_abs_diff_all"] >= 0
+    for ours in ("folder", "shards"):
+        line = next(t for t in report["targets"] if t.startswith(f"ours ({ours}) >= timm img/s per worker at 1 worker"))
+        assert ("HIT" if rows[ours]["per_worker_vs_timm"] >= 1 else "MISS") in line
+    assert "| folder | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_streaming_formats_benchmark_tiny(tmp_path):
+    pytest.importorskip("webdataset")
+    pytest.importorskip("skimage")
+    out = tmp_path / "streaming.json"
+    _run("streaming_formats.py", "--work", str(tmp_path / "work"), "--classes", "2", "--per-class", "5",
+         "--repeat", "1", "--formats", "webdataset", "mosaicml-streaming", "--out", str(out), cwd=tmp_path)  # fmt: skip
+    rows = {r["format"]: r for r in json.loads(out.read_text())["results"]}
+    wds_row = rows["webdataset"]
+    assert wds_row["original_bytes_kept"] and wds_row["samples_read"] == 10
+    assert wds_row["read_raw_per_s"] > 0 and wds_row["read_us_per_sample"] == pytest.approx(1e6 / wds_row["read_raw_per_s"])
+    assert wds_row["deps"]["names"] == ["braceexpand", "webdataset"]
+    if "error" in rows["mosaicml-streaming"]:  # not installed here: skipped and said so, not a crash
+        assert rows["mosaicml-streaming"]["error"].startswith("not installed")

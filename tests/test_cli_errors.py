@@ -72,6 +72,9 @@ def _cases(root) -> list[tuple[list[str], str]]:
         (["train", "-c", str(root / "unknown.yaml")], "unknown key 'learning_rate'"),
         (["train", "-c", str(root / "badvalue.yaml")], "key 'lr' must be a finite number > 0"),
         (["train", "-c", str(root / "list.yaml")], "expected a mapping"),
+        (["data", "pack", str(root / "nowhere"), "--out", str(root / "packed")], "is not a directory"),
+        (["data", "pack", str(root), "--out", str(root / "packed")], "has no train/"),
+        (["data", "pack", str(root), "--out", str(root / "packed"), "--shard-size", "0"], "--shard-size"),
         (["eval", "--checkpoint", str(root / "none.pt")], "none.pt"),
         (["eval", "--checkpoint", ckpt, "--batch-size", "0"], "--batch-size"),
         (["eval", "--checkpoint", ckpt, "--workers", "x"], "--workers"),
@@ -132,7 +135,7 @@ def _cases(root) -> list[tuple[list[str], str]]:
 def test_every_subcommand_rejects_bad_input_in_one_line(place, capsys):
     pytest.importorskip("pycocotools")
     commands = {argv[0] if argv[0] != "detect" else f"detect {argv[1]}" for argv, _ in _cases(place)}
-    assert commands >= {"info", "train", "eval", "predict", "export", "attention", "plot", "detect make-synthetic",
+    assert commands >= {"info", "data", "train", "eval", "predict", "export", "attention", "plot", "detect make-synthetic",
                         "detect train", "detect eval", "detect predict"}
     for argv, expected in _cases(place):
         code = _run(argv)

@@ -183,3 +183,37 @@ def test_every_reader_of_the_package_sees_the_same_pixels(tmp_path):
     image, _ = CocoDetection(tmp_path / "coco" / "val", tmp_path / "coco" / "annotations" / "instances_val.json",
                              with_masks=False)[0]
     assert torch.equal(image, expected)
+
+
+def test_channels_last_reading_gives_the_same_pixels_and_the_same_transformed_images(tmp_path):
+    # The training path reads with contiguous=False (no transposing copy, faster resampling):
+    # the values, and what every train / eval transform makes of them, must be exactly the old ones.
+    from torchvision import tv_tensors
+
+    from botnet.classification.data import _Samples, build_transforms
+    from botnet.images import IMAGENET_MEAN, IMAGENET_STD
+
+    skdata = pytest.importorskip("skimage.data")
+    photo = skdata.astronaut()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(375, 500), (333, 257), (64, 97), (500, 375)]):
+        y, x = rng.integers(0, 512 - h + 1), rng.integers(0, 512 - w + 1)
+        paths.append(_save(tmp_path, f"p{i}.jpg", Image.fromarray(photo[y : y + h, x : x + w]), quality=90))
+    paths.append(_save(tmp_path, "grey.png", Image.fromarray(_luma(photo[:100, :120]), "L")))
+    for channels in (3, 1):
+        transforms = [build_transforms(False, IMAGENET_MEAN[:channels], IMAGENET_STD[:channels], (224, 224),
+                                       from_files=True),
+                      build_transforms(True, IMAGENET_MEAN[:channels], IMAGENET_STD[:channels], (224, 224),
+                                       from_files=True, reprob=0.5)]  # fmt: skip
+        for path in paths:
+            plain, strided = read_image(path, channels), read_image(path, channels, contiguous=False)
+            assert torch.equal(plain, strided) and plain.is_contiguous() and not (channels == 3 and strided.is_contiguous())
+            for transform in transforms:
+                torch.manual_seed(7)
+                expected = transform(tv_tensors.Image(plain))
+                torch.manual_seed(7)
+                assert torch.equal(transform(tv_tensors.Image(strided)), expected)
+            torch.manual_seed(7)
+            image, label = _Samples([(path, 4)], transforms[1], channels)[0]
+            assert label == 4 and image.is_contiguous() and torch.equal(image, expected)
