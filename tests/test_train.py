@@ -158,7 +158,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 def test_image_folder_skips_or_refuses_unreadable_images(image_folder: Path) -> None:
     broken = str(image_folder / "train" / "dog" / "broken.png")
-    data = build_data("folder", image_folder, img_size=16, bad_images="skip")
+    data = build_data("folder", image_folder, img_size=16, bad_images="skip", scan_images=True)
     assert data.class_names == ["cat", "dog"]
     assert (len(data.train), len(data.val)) == (12, 6)
     assert [item["path"] for item in data.info["skipped_images"]] == [broken]
@@ -166,14 +166,14 @@ def test_image_folder_skips_or_refuses_unreadable_images(image_folder: Path) -> 
     assert labels == [0] * 6 + [1] * 6  # no file got another class's label
     assert data.train[0][0].shape == (3, 16, 16)
     with pytest.raises(ValueError, match="broken.png"):
-        build_data("folder", image_folder, img_size=16, bad_images="error")
+        build_data("folder", image_folder, img_size=16, bad_images="error", scan_images=True)
 
 
 def test_image_folder_names_file_that_fails_to_decode(image_folder: Path) -> None:
-    data = build_data("folder", image_folder, img_size=16)
+    data = build_data("folder", image_folder, img_size=16, bad_images="error")
     victim = image_folder / "val" / "cat" / "0.png"
-    victim.write_bytes(victim.read_bytes()[:60])  # truncated after the scan: fails only when decoded
-    with pytest.raises(ValueError, match="0.png"):
+    victim.write_bytes(victim.read_bytes()[:60])  # truncated: fails only when decoded
+    with pytest.raises(ValueError, match=r"0\.png.*label 0"):
         data.val[0]
 
 
@@ -386,8 +386,8 @@ def test_two_gloo_processes_match_one_process(idx_dir: Path, tmp_path: Path) -> 
     assert result.loss == pytest.approx(two[-1]["val_loss"], rel=1e-5)
 
 
-def test_bad_images_skip_finds_a_truncated_jpeg_before_training(image_folder: Path, tmp_path: Path) -> None:
-    """A JPEG cut in half passes ``Image.verify`` (the old scan) but not a full decode: it is reported by
+def test_scan_images_finds_a_truncated_jpeg_before_training(image_folder: Path, tmp_path: Path) -> None:
+    """With --scan-images, a JPEG cut in half (it passes ``Image.verify``, not a full decode) is reported by
     path before the first epoch and left out, and the run goes on."""
     from PIL import Image
 
@@ -398,7 +398,8 @@ def test_bad_images_skip_finds_a_truncated_jpeg_before_training(image_folder: Pa
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "botnet", "train", "--dataset", "folder", "--data-dir", str(image_folder), "--model",
-         "resnet_mini", "--img-size", "16", "--epochs", "1", "--batch-size", "4", "--no-progress", "--out", str(out)],
+         "resnet_mini", "--img-size", "16", "--epochs", "1", "--batch-size", "4", "--no-progress", "--out", str(out),
+         "--scan-images"],
         capture_output=True, text=True, env=_env(),
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -11,15 +11,24 @@ evaluator never special-case a dataset.
   test set is the validation set), e.g. from Debian's ``dataset-fashion-mnist``.
 * ``folder``: torchvision ``ImageFolder`` layout ``DIR/train/<class>/*`` and
   ``DIR/val/<class>/*`` (or only ``DIR/<class>/*``, split 80/20 with a fixed
-  seed). Unreadable images are found by a scan before training, reported by
-  path and skipped (``bad_images="skip"``) or stop the run
-  (``bad_images="error"``); an image that still fails to decode later stops
-  the run with its path. Never a silently wrong label.
+  seed). Listing the files is all that happens before training: nothing is
+  decoded up front (on ImageNet a full decode costs ~2 ms per file, 42
+  CPU-minutes per process). An image that fails to decode when it is read
+  is handled there (``bad_images``): ``"skip"`` gives the next readable
+  sample of the list in its place, **with that sample's own label**, and
+  appends the path and reason to ``skip_log``; ``"error"`` stops the run
+  naming the file and its label. Never a silently wrong label. The full scan
+  is still available (``scan_images=True``, :func:`scan_data`: sharded over
+  ranks).
+* ``wds``: tar shards written by ``botnet data pack`` (:mod:`.shards`),
+  streamed: each rank and loader worker reads its own shards.
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
+import json
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -30,12 +39,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from ..images import IMAGENET_MEAN, IMAGENET_STD, find_unreadable, read_image
 
 __all__ = [
     "DATASETS",
+    "EpochSampler",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
     "BatchAugment",
@@ -47,10 +57,11 @@ __all__ = [
     "read_idx",
     "load_digits_tensors",
     "load_fashion_mnist_tensors",
+    "scan_data",
     "scan_images",
 ]
 
-DATASETS = ("digits", "fashion-mnist", "folder")
+DATASETS = ("digits", "fashion-mnist", "folder", "wds")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -60,7 +71,9 @@ FASHION_MNIST_FILES = {
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-DEFAULT_IMG_SIZE = {"digits": 32, "fashion-mnist": 28, "folder": 64}
+DEFAULT_IMG_SIZE = {"digits": 32, "fashion-mnist": 28, "folder": 64, "wds": 64}
+# How far a replacement for an unreadable file is looked for (the next files of the list).
+_MAX_REPLACEMENT_TRIES = 1000
 
 
 @dataclass(frozen=True)
@@ -174,6 +187,29 @@ class BatchedLoader:
             if augment.reprob > 0:
                 images = random_erasing_batch(images, self.generator, p=augment.reprob, value=0.0)
             yield images, self.dataset.labels[index]
+
+
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` whose epochs hold at most ``epoch_size`` samples over all ranks.
+
+    The epoch's order is the sampler's permutation of (seed, epoch); each rank
+    takes the first ``epoch_size // num_replicas`` of its share, so a capped
+    epoch is the head of that permutation and the next epoch draws a new one
+    (``--epoch-size`` on a map-style dataset: short epochs on a big dataset,
+    e.g. a 64-image smoke run on ImageNet). ``epoch_size`` None: the whole
+    dataset, exactly ``DistributedSampler``.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int = 0,
+                 epoch_size: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.cap = self.num_samples if epoch_size is None else min(self.num_samples, epoch_size // num_replicas)
+
+    def __len__(self) -> int:
+        return self.cap
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.cap)
 
 
 # --------------------------------------------------------------------------- transforms
@@ -370,27 +406,68 @@ def scan_images(paths: Sequence[str], channels: int = 3, workers: int = 0) -> li
 
 
 class _Samples(Dataset):
-    """(path, label) samples read by :func:`botnet.images.read_image`; a decoding failure names the file."""
+    """(path, label) samples read by :func:`botnet.images.read_image`, decoded when they are read.
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable, channels: int) -> None:
+    A file that does not decode goes to ``bad_images``: ``"error"`` raises a
+    ValueError naming the file and its label; ``"skip"`` returns the next
+    readable sample of the list instead (``index + 1``, ``index + 2``, ...,
+    wrapping), with its own label, so the replacement is a function of the
+    index alone (exact resume holds) and never carries another file's label.
+    Each unreadable file met is appended to ``skip_log`` (a JSON line:
+    path, label, reason), if set; every loader worker appends to the same
+    file, and the trainer gathers these files from every rank.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable, channels: int,
+                 bad_images: str = "error", skip_log: str | None = None) -> None:
         self.samples = samples
         self.transform = transform
         self.channels = channels
+        self.bad_images = bad_images
+        self.skip_log = skip_log
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def drop(self, paths: set[str]) -> None:
+        """Leave out the samples of ``paths`` (found unreadable by a scan)."""
+        self.samples = [sample for sample in self.samples if sample[0] not in paths]
+
+    def _read(self, index: int) -> Tensor:
+        # Channels-last strides: the same pixels, no transposing copy, faster uint8 resampling;
+        # the transformed image is made contiguous again, so batches are what they always were.
+        return read_image(self.samples[index][0], self.channels, contiguous=False)
+
+    def _record(self, path: str, label: int, reason: str) -> None:
+        if self.skip_log is not None:
+            line = json.dumps({"path": path, "label": label, "reason": reason})
+            with open(self.skip_log, "a") as handle:  # one short append: whole lines from every worker
+                handle.write(line + "\n")
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         from torchvision import tv_tensors
 
         path, label = self.samples[index]
         try:
-            # Channels-last strides: the same pixels, no transposing copy, faster uint8 resampling;
-            # the transformed image is made contiguous again, so batches are what they always were.
-            image = read_image(path, self.channels, contiguous=False)
-        except (ValueError, FileNotFoundError) as err:
-            raise ValueError(f"{err} (label {label})") from None
+            image = self._read(index)
+        except (ValueError, OSError) as err:
+            if self.bad_images == "error":
+                raise ValueError(f"{err} (label {label}; --bad-images skip trains on the next readable image "
+                                 "in its place)") from None
+            self._record(path, label, str(err))
+            image, label = self._replacement(index)
         return self.transform(tv_tensors.Image(image)).as_subclass(Tensor).contiguous(), label
+
+    def _replacement(self, index: int) -> tuple[Tensor, int]:
+        count = len(self.samples)
+        for offset in range(1, min(count, _MAX_REPLACEMENT_TRIES + 1)):
+            other = (index + offset) % count
+            try:
+                return self._read(other), self.samples[other][1]
+            except (ValueError, OSError) as err:
+                self._record(self.samples[other][0], self.samples[other][1], str(err))
+        raise ValueError(f"no readable image among the {min(count, _MAX_REPLACEMENT_TRIES + 1)} files from "
+                         f"{self.samples[index][0]!r} on; is the dataset damaged?")
 
 
 def _folder_samples(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -405,16 +482,37 @@ def _folder_samples(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return folder.classes, folder.samples
 
 
-def _drop_bad(
-    samples: list[tuple[str, int]], bad_images: str, channels: int, workers: int
-) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    bad = scan_images([path for path, _ in samples], channels, workers)
+def scan_data(data: ImageData, bad_images: str, workers: int = 0, rank: int = 0, world_size: int = 1,
+              gather: Callable[[list[tuple[str, str]]], list[list[tuple[str, str]]]] | None = None,
+              ) -> list[tuple[str, str]]:
+    """Decode every file of an image-folder dataset before training; drop (or stop at) the unreadable ones.
+
+    The files are dealt round-robin to ``world_size`` ranks; each decodes its
+    share on ``workers`` threads, and ``gather`` (e.g. an all-gather over
+    the process group) brings every rank's findings to every rank, so the
+    scan of N files costs N / world_size decodes per process.
+
+    Returns:
+        [(path, reason)] of every unreadable file (also in ``data.info["skipped_images"]``).
+
+    Raises:
+        ValueError: ``bad_images == "error"`` and a file is unreadable (listing up to 10).
+    """
+    if not isinstance(data.train, _Samples) or not isinstance(data.val, _Samples):
+        raise ValueError("--scan-images is for --dataset folder (files decoded when read)")
+    paths = sorted({path for part in (data.train, data.val) for path, _ in part.samples})
+    mine = find_unreadable(paths[rank::world_size], data.in_chans, workers)
+    bad = sorted({item for found in gather(mine) for item in found} if gather is not None else set(mine))
     if bad and bad_images == "error":
         listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise ValueError(f"{len(bad)} unreadable image(s): {listing}{more} (use --bad-images skip to leave them out)")
     bad_paths = {path for path, _ in bad}
-    return [s for s in samples if s[0] not in bad_paths], bad
+    for part in (data.train, data.val):
+        part.drop(bad_paths)
+    data.info.update(train_size=len(data.train), val_size=len(data.val),
+                     skipped_images=[{"path": p, "reason": r} for p, r in bad])
+    return bad
 
 
 def _split_indices(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -432,10 +530,6 @@ def _load_folder(
     workers: int = 0,
     reprob: float = 0.0,
 ) -> ImageData:
-    if bad_images not in ("skip", "error"):
-        raise ValueError(f"bad_images must be 'skip' or 'error', got {bad_images!r}")
-    if in_chans not in (1, 3):
-        raise ValueError(f"image folders are read as 1 (grey) or 3 (RGB) channels, got in_chans={in_chans}")
     if not data_dir.is_dir():
         raise FileNotFoundError(f"--data-dir {str(data_dir)!r} is not a directory (expected an ImageFolder layout)")
     if (data_dir / "train").is_dir():
@@ -449,13 +543,9 @@ def _load_folder(
                 f"class directories differ between {str(data_dir / 'train')!r} {classes} and "
                 f"{str(val_dir)!r} {val_classes}; labels would not match"
             )
-        train_samples, bad_train = _drop_bad(train_samples, bad_images, in_chans, workers)
-        val_samples, bad_val = _drop_bad(val_samples, bad_images, in_chans, workers)
-        bad = bad_train + bad_val
         split = "train/ and val/ directories"
     else:
         classes, samples = _folder_samples(data_dir)
-        samples, bad = _drop_bad(samples, bad_images, in_chans, workers)
         train_idx, val_idx = _split_indices([label for _, label in samples], val_fraction, seed)
         train_samples = [samples[i] for i in sorted(train_idx)]
         val_samples = [samples[i] for i in sorted(val_idx)]
@@ -466,8 +556,9 @@ def _load_folder(
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
     return ImageData(
         train=_Samples(train_samples, build_transforms(True, mean, std, img_size, aug, True, from_files=True,
-                                                       reprob=reprob), in_chans),
-        val=_Samples(val_samples, build_transforms(False, mean, std, img_size, aug, True, from_files=True), in_chans),
+                                                       reprob=reprob), in_chans, bad_images),
+        val=_Samples(val_samples, build_transforms(False, mean, std, img_size, aug, True, from_files=True), in_chans,
+                     bad_images),
         class_names=classes,
         in_chans=in_chans,
         img_size=img_size,
@@ -475,8 +566,63 @@ def _load_folder(
         std=std,
         info={
             "dataset": "folder", "data_dir": str(data_dir), "split": split, "train_size": len(train_samples),
-            "val_size": len(val_samples), "skipped_images": [{"path": p, "reason": r} for p, r in bad],
+            "val_size": len(val_samples),
         },
+    )
+
+
+# --------------------------------------------------------------------------- tar shards
+
+
+def _shard_sources(data_dir: str, val_data_dir: str | None) -> tuple[Any, Any]:
+    """What :func:`.shards.shard_spec` reads for the train and val splits: a pack directory (its
+    ``index.json``) for both, or two shard patterns (``--data-dir`` and ``--val-data-dir``)."""
+    if os.path.isdir(data_dir) or os.path.basename(data_dir) == "index.json":
+        return data_dir, val_data_dir or data_dir
+    if val_data_dir is None:
+        raise ValueError(f"--data-dir {data_dir!r} is not a `botnet data pack` directory; as a pattern of training "
+                         "shards (e.g. '/data/train-{000000..001281}.tar' or 'pipe:aws s3 cp s3://bucket/"
+                         "train-{000000..001281}.tar -') it needs --val-data-dir, the validation shards")
+    return data_dir, val_data_dir
+
+
+def _load_shards(
+    data_dir: str, img_size: tuple[int, int], aug: str, bad_images: str, seed: int, in_chans: int,
+    norm: tuple[Sequence[float], Sequence[float]] | None, reprob: float, epoch_size: int | None, rank: int,
+    world_size: int, batch_size: int | None, num_classes: int | None, evaluation: bool, val_data_dir: str | None,
+) -> ImageData:
+    from .shards import ShardDataset, shard_spec
+
+    train_source, val_source = _shard_sources(data_dir, val_data_dir)
+    train_spec, val_spec = shard_spec(train_source, "train"), shard_spec(val_source, "val")
+    classes = train_spec.classes
+    if classes is None:  # a pattern without index.json: the class count must be given
+        if num_classes is None:
+            raise ValueError(f"shards {data_dir!r} have no index.json to give the classes: pass --num-classes")
+        classes = tuple(str(i) for i in range(num_classes))
+    elif num_classes is not None and num_classes != len(classes):
+        raise ValueError(f"--num-classes {num_classes} but {data_dir!r}/index.json lists {len(classes)} classes")
+    if val_spec.classes is not None and val_spec.classes != classes:
+        raise ValueError(f"the train and val shards of {data_dir!r} list different classes")
+    if not evaluation and epoch_size is None and train_spec.count is None:
+        raise ValueError(f"--dataset wds from {data_dir!r} (no index.json gives the count) needs --epoch-size: the "
+                         "number of training images per epoch, so that every rank takes the same number of steps")
+    if norm is not None:
+        mean, std = tuple(norm[0]), tuple(norm[1])
+    else:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
+    common = {"seed": seed, "rank": rank, "world_size": world_size, "bad_images": bad_images, "channels": in_chans,
+              "classes": classes}
+    train = ShardDataset(train_spec, build_transforms(True, mean, std, img_size, aug, True, from_files=True,
+                                                      reprob=reprob), epoch_size=epoch_size, batch_size=batch_size,
+                         once=evaluation, shuffle=0 if evaluation else 1000, **common)
+    val = ShardDataset(val_spec, build_transforms(False, mean, std, img_size, aug, True, from_files=True),
+                       once=True, shuffle=0, **common)
+    return ImageData(
+        train=train, val=val, class_names=list(classes), in_chans=in_chans, img_size=img_size, mean=mean, std=std,
+        info={"dataset": "wds", "data_dir": data_dir, "split": "train and val shards",
+              "train_size": train.epoch_size if not evaluation else train_spec.count, "val_size": val_spec.count,
+              "train_shards": len(train_spec.urls), "val_shards": len(val_spec.urls)},
     )
 
 
@@ -495,6 +641,15 @@ def build_data(
     norm: tuple[Sequence[float], Sequence[float]] | None = None,
     workers: int = 0,
     reprob: float = 0.0,
+    *,
+    scan_images: bool = False,
+    epoch_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int | None = None,
+    num_classes: int | None = None,
+    evaluation: bool = False,
+    val_data_dir: str | os.PathLike[str] | None = None,
 ) -> ImageData:
     """Build the train/validation datasets for ``dataset`` (see the module docstring).
 
@@ -510,6 +665,16 @@ def build_data(
         workers: threads that decode image folders' files in the scan
             before training (0: in this thread).
         reprob: random-erasing probability of training images.
+        scan_images: image folders: decode every file now (:func:`scan_data`,
+            one process) and leave out or stop at the unreadable ones.
+        epoch_size, rank, world_size, batch_size: ``wds``: images per epoch
+            over all ranks (default: the count in ``index.json``), this
+            process's place, and the per-process batch (each rank then takes
+            the same whole number of steps); see :class:`.shards.ShardDataset`.
+        num_classes: ``wds`` from a shard pattern without ``index.json``.
+        val_data_dir: ``wds`` when ``data_dir`` is a pattern of training
+            shards: the validation shards (a pattern, a list, a pack directory).
+        evaluation: ``wds``: read both splits once, in shard order (``botnet eval``).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -530,6 +695,19 @@ def build_data(
             info={"data_dir": str(root), "split": "official train (60k) / test (10k) as validation"}, norm=norm,
             reprob=reprob,
         )
+    if bad_images not in ("skip", "error"):
+        raise ValueError(f"bad_images must be 'skip' or 'error', got {bad_images!r}")
+    if in_chans not in (1, 3):
+        raise ValueError(f"image files are read as 1 (grey) or 3 (RGB) channels, got in_chans={in_chans}")
+    if dataset == "wds":
+        if data_dir is None:
+            raise ValueError("--dataset wds needs --data-dir (a `botnet data pack` directory or a shard pattern)")
+        return _load_shards(os.fspath(data_dir), size, aug, bad_images, seed, in_chans, norm, reprob, epoch_size,
+                            rank, world_size, batch_size, num_classes, evaluation,
+                            None if val_data_dir is None else os.fspath(val_data_dir))
     if data_dir is None:
         raise ValueError("--dataset folder needs --data-dir (an ImageFolder root)")
-    return _load_folder(Path(data_dir), size, aug, bad_images, val_fraction, seed, in_chans, norm, workers, reprob)
+    data = _load_folder(Path(data_dir), size, aug, bad_images, val_fraction, seed, in_chans, norm, workers, reprob)
+    if scan_images:
+        scan_data(data, bad_images, workers)
+    return data

@@ -153,7 +153,7 @@ def evaluate_checkpoint(
     data = build_data(
         dataset, data_dir, size, aug="none", in_chans=model.in_chans,
         norm=(meta["mean"], meta["std"]), seed=how.get("seed", 0), val_fraction=how.get("val_fraction", 0.2),
-        workers=workers,
+        workers=workers, evaluation=True,
     )
     if data.class_names != list(meta["class_names"]):
         raise ValueError(f"the model was trained on classes {meta['class_names']} but {dataset} has {data.class_names}")

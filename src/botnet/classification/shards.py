@@ -447,6 +447,14 @@ class ShardDataset(IterableDataset):
         skip_log: file to append skipped samples to (one JSON line each).
         return_keys: yield ``(image, label, key)``: which sample each one is
             (the key of a replacement is the replacing sample's).
+        batch_size: give each reader a whole number of batches of this size
+            (the DataLoader's): every rank then takes exactly
+            ``epoch_size // world_size // batch_size`` steps, whatever the
+            number of workers, and ``len(loader)`` is that number.
+        once: evaluation: every shard is read exactly once by one reader
+            (no quota, no shuffle across passes, no resampling; readers
+            without a shard yield nothing), so sums over all ranks count every
+            sample once. ``epoch_size`` and ``batch_size`` are ignored.
     """
 
     def __init__(
@@ -466,6 +474,8 @@ class ShardDataset(IterableDataset):
         classes: Sequence[str] | None = None,
         skip_log: str | os.PathLike[str] | None = None,
         return_keys: bool = False,
+        batch_size: int | None = None,
+        once: bool = False,
     ) -> None:
         super().__init__()
         wds = _wds()
@@ -478,12 +488,19 @@ class ShardDataset(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.rank, self.world_size = int(rank), int(world_size)
-        self.epoch_size = epoch_size if epoch_size is not None else self.spec.count
-        if self.epoch_size is None and (self.world_size > 1 or resampled):
+        self.once = bool(once)
+        if self.once:
+            epoch_size, batch_size, resampled = None, None, False
+        self.epoch_size = epoch_size if epoch_size is not None or self.once else self.spec.count
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        if self.epoch_size is None and not self.once and (self.world_size > 1 or resampled):
             raise ValueError("epoch_size is needed with several ranks or resampled shards "
                              "(no index.json gives the number of samples)")
-        if self.epoch_size is not None and self.epoch_size < self.world_size:
-            raise ValueError(f"epoch_size {self.epoch_size} gives no sample to some of the {self.world_size} ranks")
+        if self.epoch_size is not None and self.epoch_size < self.world_size * (batch_size or 1):
+            raise ValueError(f"epoch size {self.epoch_size} gives no {'batch' if batch_size else 'sample'} to some "
+                             f"of the {self.world_size} rank(s)" + (f" (batch size {batch_size})" if batch_size else ""))
         if shuffle < 0:
             raise ValueError(f"shuffle buffer must be >= 0, got {shuffle}")
         if not callable(bad_images) and bad_images not in ("skip", "error"):
@@ -506,13 +523,19 @@ class ShardDataset(IterableDataset):
     def __len__(self) -> int:
         """Samples this rank yields per epoch (``epoch_size // world_size``)."""
         if self.epoch_size is None:
-            raise TypeError("a ShardDataset without epoch_size (and without index.json) has no length")
+            raise TypeError("a ShardDataset without epoch_size (and without index.json), or read once, has no length")
+        if self.batch_size:
+            return self._steps() * self.batch_size
         return self.epoch_size // self.world_size
+
+    def _steps(self) -> int:
+        assert self.epoch_size is not None and self.batch_size
+        return self.epoch_size // self.world_size // self.batch_size
 
     def check_workers(self, num_workers: int) -> None:
         """Raise a one-line ValueError if the readers (ranks x workers) outnumber the shards without resampling."""
         readers = self.world_size * max(1, num_workers)
-        if not self.resampled and len(self.spec.urls) < readers:
+        if not self.resampled and not self.once and len(self.spec.urls) < readers:
             raise ValueError(
                 f"{len(self.spec.urls)} shard(s) in {self.spec.source!r} for {self.world_size} rank(s) x "
                 f"{max(1, num_workers)} worker(s) = {readers} readers: each reader needs its own shard; "
@@ -522,6 +545,9 @@ class ShardDataset(IterableDataset):
     def _quota(self, worker: int, workers: int) -> int | None:
         if self.epoch_size is None:
             return None
+        if self.batch_size:  # whole batches per worker: the DataLoader batches each worker's samples
+            steps = self._steps()
+            return (steps // workers + (1 if worker < steps % workers else 0)) * self.batch_size
         per_rank = self.epoch_size // self.world_size
         return per_rank // workers + (1 if worker < per_rank % workers else 0)
 
@@ -566,7 +592,7 @@ class ShardDataset(IterableDataset):
             for sample in self._shuffled(self._read(mine), self.seed, self.epoch, reader, index):
                 count += 1
                 yield sample
-            if count == 0:  # never spin forever on empty shards
+            if count == 0 and endless:  # never spin forever on empty shards
                 raise ValueError(f"the shards of {self.spec.source!r} hold no sample")
 
     def _read(self, shards: Iterable[dict[str, str]]) -> Iterator[dict[str, Any]]:

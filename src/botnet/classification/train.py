@@ -20,17 +20,20 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import model_meta
 from ..models import create_model
 from ..runtime.checks import choice, fraction, nonneg_float, positive_int
 from ..runtime.console import Progress
-from ..runtime.distributed import average_buffers
+from ..runtime.console import say
+from ..runtime.distributed import all_gather_objects, average_buffers
 from ..training.config import RunConfig, setting
 from ..training.engine import EpochResult
 from ..training.trainer import Trainer
-from .data import DATASETS, BatchedLoader, ImageData, build_data
+from .bad_images import BadImageLog
+from .data import DATASETS, BatchedLoader, EpochSampler, ImageData, build_data, scan_data
+from .shards import ShardDataset, shard_loader
 from .evaluate import EvalResult, evaluate
 
 __all__ = ["TrainConfig", "ClassificationTrainer", "train"]
@@ -44,18 +47,33 @@ class TrainConfig(RunConfig):
     """
 
     model: str = setting("botnet_mini", "registered model name (see `botnet info --list`)", group="data and model")
-    dataset: str = setting("digits", "digits (built in), fashion-mnist (Debian's dataset-fashion-mnist) or folder",
+    dataset: str = setting("digits", "digits (built in), fashion-mnist (Debian's dataset-fashion-mnist), folder "
+                           "(an ImageFolder tree) or wds (tar shards of `botnet data pack`)",
                            choice(*DATASETS), group="data and model")
-    data_dir: str | None = setting(None, "Fashion-MNIST IDX directory (default /usr/share/datasets/fashion-mnist) "
-                                   "or an ImageFolder root (class sub-directories, or train/ and val/)",
+    data_dir: str | None = setting(None, "Fashion-MNIST IDX directory (default /usr/share/datasets/fashion-mnist), "
+                                   "an ImageFolder root (class sub-directories, or train/ and val/), or for wds a "
+                                   "`botnet data pack` directory or a pattern of training shards "
+                                   "('/data/train-{000000..001281}.tar', 'pipe:aws s3 cp s3://b/train-{...}.tar -')",
                                    group="data and model")
+    val_data_dir: str | None = setting(None, "wds with a shard pattern as --data-dir: the validation shards "
+                                       "(a pattern)", group="data and model")
+    epoch_size: int | None = setting(None, "images per epoch over all processes: caps an epoch of a folder, sets "
+                                     "the epoch of shards (default: the whole training split)", positive_int,
+                                     group="data and model")
+    num_classes: int | None = setting(None, "wds shards without index.json: the number of classes",
+                                      positive_int, group="data and model")
     img_size: int | None = setting(None, "input side in px (default: digits 32, fashion-mnist 28, folder 64)",
                                    positive_int, group="data and model")
     in_chans: int = setting(3, "image folders: read as grey (1) or RGB (3)", choice(1, 3), group="data and model")
     val_fraction: float = setting(0.2, "folders without val/: held-out share",
                                   fraction(0, 1, low_open=True), group="data and model")
-    bad_images: str = setting("skip", "folders: unreadable images are reported and left out before training "
-                              "(skip), or stop the run (error)", choice("skip", "error"), group="data and model")
+    bad_images: str = setting("skip", "folders and shards: an image that fails to decode when read is replaced by "
+                              "the next readable one, with its own label, and reported once (skip), or stops the "
+                              "run naming the file and its label (error)", choice("skip", "error"),
+                              group="data and model")
+    scan_images: bool = setting(False, "folders: decode every image before training (split over the processes and "
+                                "--workers threads) and leave out the unreadable ones up front",
+                                group="data and model")
     drop_rate: float = setting(0.0, "dropout before the classifier", fraction(0, 1), group="data and model")
     model_kwargs: dict[str, Any] = setting({}, "model options (ModelSpec fields) as key=value, e.g. pos_emb=absolute "
                                            "heads=8", group="data and model")
@@ -75,6 +93,8 @@ class TrainConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.scan_images and self.dataset != "folder":
+            raise ValueError(f"--scan-images is for --dataset folder, not {self.dataset}")
         if self.tta_flip and self.dataset == "digits":
             raise ValueError("--tta-flip mirrors images, which changes what a digit is; not for --dataset digits")
 
@@ -112,16 +132,32 @@ class ClassificationTrainer(Trainer):
         self.data: ImageData = build_data(
             config.dataset, config.data_dir, config.img_size, config.aug, config.bad_images,
             config.val_fraction, config.seed, config.in_chans, workers=config.workers, reprob=config.reprob,
+            epoch_size=config.epoch_size, rank=info.rank, world_size=info.world_size, batch_size=config.batch_size,
+            num_classes=config.num_classes, val_data_dir=config.val_data_dir,
         )
-        # One sampler code path for 1 or N processes: the order is a function of (seed, epoch) only,
-        # so a 2-process run sees the same global batches as a 1-process run with twice the batch.
-        self.sampler = DistributedSampler(
-            self.data.train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
-        )
+        if config.scan_images:  # each process decodes its share; every process drops every bad file
+            scan_data(self.data, config.bad_images, config.workers, info.rank, info.world_size,
+                      gather=lambda found: all_gather_objects(found, info))
+        self.bad_images = BadImageLog(self.data, info, self.run.path)
         self.loader_generator = torch.Generator()
         pin = self.device.type == "cuda"
+        if isinstance(self.data.train, ShardDataset):  # streamed: the dataset itself deals shards by (seed, epoch)
+            self.sampler: Any = self.data.train
+            self.train_loader: Any = shard_loader(
+                self.data.train, config.batch_size, config.workers, drop_last=True, pin_memory=pin,
+                generator=self.loader_generator,
+            )
+            self.data.val.check_workers(0)
+            self.steps_per_epoch = len(self.train_loader)
+            self.val_loader = DataLoader(self.data.val, batch_size=max(config.batch_size, 128),
+                                         num_workers=config.workers, pin_memory=pin)
+            self._build_model()
+            return
+        # One sampler code path for 1 or N processes: the order is a function of (seed, epoch) only,
+        # so a 2-process run sees the same global batches as a 1-process run with twice the batch.
+        self.sampler = EpochSampler(self.data.train, info.world_size, info.rank, config.seed, config.epoch_size)
         if self.data.batch_augment is not None:  # in memory: whole batches, augmented with tensor ops
-            self.train_loader: Any = BatchedLoader(
+            self.train_loader = BatchedLoader(
                 self.data.train, self.sampler, config.batch_size, self.data.batch_augment, self.data.mean,
                 self.data.std, self.loader_generator,
             )
@@ -133,7 +169,7 @@ class ClassificationTrainer(Trainer):
         if len(self.train_loader) == 0:
             raise ValueError(
                 f"batch size {config.batch_size} x {info.world_size} process(es) is larger than the training "
-                f"set ({len(self.data.train)} images); lower --batch-size"
+                f"epoch ({len(self.sampler)} images per process); lower --batch-size or raise --epoch-size"
             )
         self.steps_per_epoch = len(self.train_loader)
         val_shard = Subset(self.data.val, range(info.rank, len(self.data.val), info.world_size))  # no duplicates
@@ -141,6 +177,10 @@ class ClassificationTrainer(Trainer):
             val_shard, batch_size=max(config.batch_size, 128), shuffle=False, num_workers=config.workers,
             pin_memory=pin,
         )
+        self._build_model()
+
+    def _build_model(self) -> None:
+        config, info = self.config, self.dist
         model = create_model(
             config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans, drop_rate=config.drop_rate,
             **config.model_kwargs,
@@ -241,6 +281,7 @@ class ClassificationTrainer(Trainer):
             record.update(raw_val_loss=result.loss, raw_val_acc=result.top1)
             result = self._evaluate(self.ema.module)
         record.update(val_loss=result.loss, val_acc=result.top1, val_top5=result.top5)
+        record["bad_images"] = self.bad_images.collect(lambda line: say(line, self.dist.is_main))
         return record
 
     # ------------------------------------------------------------------ printing
@@ -254,7 +295,7 @@ class ClassificationTrainer(Trainer):
         ]
         lines.append(
             f"[bold]botnet train[/] {config.model} ({params / 1e6:.2f}M params) on {config.dataset} "
-            f"{data.img_size[0]}x{data.img_size[1]}: {len(data.train)} train / {len(data.val)} val images, "
+            f"{data.img_size[0]}x{data.img_size[1]}: {data.info['train_size']} train / {data.info['val_size']} val images, "
             f"{info.world_size} process(es) on {self.device}, batch {config.batch_size}x{info.world_size}, "
             f"{config.epochs} epochs -> {self.run.path}"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 __all__ = ["main", "build_parser", "CommandError"]
@@ -27,7 +28,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _one_line(message: object) -> str:
-    return " ".join(str(message).split())
+    text = str(message)
+    if "Original Traceback" in text:
+        # Raised in a DataLoader worker: torch re-raises it with the worker's traceback in the
+        # message; the user needs its last line (e.g. which file did not decode), not the frames.
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        text = re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", last)
+    return " ".join(text.split())
 
 
 def build_parser() -> argparse.ArgumentParser:

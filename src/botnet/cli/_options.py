@@ -69,7 +69,9 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[RunConfig], *,
     if resume:
         run.add_argument("--resume", metavar="DIR",
                          help="continue the run in DIR (or DIR/last.pt) exactly where it stopped, with its saved "
-                         f"settings (only {', '.join(cls.RESUMABLE)} may change)")
+                         f"settings (only {', '.join(cls.RESUMABLE)} may change); 'auto': continue the run in "
+                         "--out if it has a committed epoch, else start it there (implied after a torchrun "
+                         "elastic restart)")
     for spec in specs:
         meta = spec.metadata
         kind = field_type_of(cls, spec)

@@ -55,6 +55,7 @@ from ..runtime.distributed import (DistInfo, all_gather_objects, barrier, broadc
                                    unwrap)
 from ..runtime.store import write_safetensors
 from .config import RunConfig, check_value
+from .elastic import resolve_resume
 from .engine import EpochResult, train_one_epoch
 from .optim import create_optimizer, current_lr, lr_schedule
 from .rng import epoch_seed, rng_state, seed_everything, set_rng_state
@@ -88,6 +89,8 @@ class Trainer:
                  **overrides: Any) -> None:
         checkpoint = None
         resume_run = None
+        out = overrides.get("out", config.out if config is not None else None)
+        resume = resolve_resume(resume, out)
         if resume is not None:
             resume_run, resume_path = RunDir.for_resume(resume)
             checkpoint = resume_run.load_last(resume_path)
