@@ -172,7 +172,7 @@ def test_predict_reads_files_folders_and_globs_and_lists_unreadable_files(
 
 def test_detect_predict_shares_the_inputs_and_the_exit_rule(tmp_path, place, capsys):
     pytest.importorskip("pycocotools")
-    from botnet.detection.checkpoint import save_detector, detector_meta
+    from botnet.detection.checkpoint import detector_meta, save_detector
     from botnet.detection.models import DetectorConfig, build_from_config
 
     config = DetectorConfig(
@@ -187,18 +187,22 @@ def test_detect_predict_shares_the_inputs_and_the_exit_rule(tmp_path, place, cap
                   detector_meta(model, config, class_names=["a", "b"], category_ids=[1, 2]))
     shutil.copytree(place / "photos", tmp_path / "photos")
     shutil.copy(place / BROKEN, tmp_path / "photos" / "broken.png")
+    shutil.copy(place / A, tmp_path / "photos" / "sub" / "a.png")  # same stem as photos/a.png
     base = ["detect", "predict", "--checkpoint", str(tmp_path / "det.safetensors"), "--out", str(tmp_path / "out"),
             "--device", "cpu"]
     code = _run([*base, str(tmp_path / "photos"), "--json", str(tmp_path / "d.json")])
     err = capsys.readouterr().err
     assert code == 0 and "Traceback" not in err, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("botnet detect: warning: 1 of 4 inputs could not be read"), err
+    assert len(lines) == 1 and lines[0].startswith("botnet detect: warning: 1 of 5 inputs could not be read"), err
     records = json.loads((tmp_path / "d.json").read_text())
     names = [str(Path(r["image"]).relative_to(tmp_path / "photos")) for r in records]
-    assert names == ["a.png", "b.jpg", "broken.png", "sub/c.png"]
-    assert [r["error"] is None for r in records] == [True, True, False, True]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_det.png", "b_det.png", "c_det.png"]
+    assert names == ["a.png", "b.jpg", "broken.png", "sub/a.png", "sub/c.png"]
+    assert [r["error"] is None for r in records] == [True, True, False, True, True]
+    assert [Path(r["png"]).name if r["png"] else None for r in records] == [
+        "a_det.png", "b_det.png", None, "a_det-2.png", "c_det.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_det-2.png", "a_det.png", "b_det.png",
+                                                                    "c_det.png"]
 
     code = _run([*base, str(tmp_path / "photos" / "broken.png")])
     err = capsys.readouterr().err

@@ -70,6 +70,8 @@ def detect_files(
     the reason in ``error`` (``png`` and ``size`` None, no detections), so one
     bad file does not cost the others their results. ``on_start`` is called
     with the number of records, ``on_image`` with each record as it is done.
+    Two inputs with one stem (``a.png``, ``sub/a.png``) draw to ``a_det.png``
+    and ``a_det-2.png``: no PNG of this call overwrites another.
 
     Raises:
         botnet.image_files.NothingToRead: no input names any file (before the checkpoint is loaded).
@@ -93,6 +95,7 @@ def detect_files(
     if on_start is not None:
         on_start(len(entries))
     records = []
+    written: set[Path] = set()  # a folder's a.png and sub/a.png both draw to a_det.png: the second is a_det-2.png
     for path, problem in entries:
         record: dict[str, Any] = {"image": str(path), "png": None, "size": None, "detections": [], "error": problem}
         try:
@@ -104,7 +107,7 @@ def detect_files(
                 output = model([TF.to_dtype(image, torch.float32, scale=True).to(target)])[0]
             output = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in output.items()}
             drawn = draw_detections(image, output, class_names, score_threshold, display_size)
-            png = out_dir / f"{Path(path).stem}_det.png"
+            png = _unique(out_dir / f"{Path(path).stem}_det.png", written)
             atomic_write(png, lambda tmp, drawn=drawn: TF.to_pil_image(drawn).save(tmp, format="PNG"))
             keep = output["scores"] >= score_threshold
             record.update(png=str(png), size=[int(image.shape[2]), int(image.shape[1])], detections=[
@@ -116,3 +119,13 @@ def detect_files(
         if on_image is not None:
             on_image(record)
     return records
+
+
+def _unique(png: Path, written: set[Path]) -> Path:
+    """``png``, or ``stem-2.png``, ``stem-3.png``, ... if this call already wrote that name."""
+    candidate, number = png, 1
+    while candidate in written:
+        number += 1
+        candidate = png.with_name(f"{png.stem}-{number}{png.suffix}")
+    written.add(candidate)
+    return candidate

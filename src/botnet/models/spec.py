@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["StageSpec", "ModelSpec", "check_overrides"]
+__all__ = ["ModelSpec", "StageSpec", "check_overrides"]
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def _integer(value: Any) -> int:
     from ..runtime.checks import nonneg_int
 
     if isinstance(value, (list, tuple, dict)):
-        raise ValueError(f"must be an integer, got {value!r}")
+        raise ValueError(f"must be an integer, got {value!r}")  # noqa: TRY004 - a user's value: one line, exit 2
     return nonneg_int(value)
 
 
@@ -194,7 +194,7 @@ def _stages(value: Any) -> list[dict[str, int]]:
         if isinstance(stage, StageSpec):
             stage = asdict(stage)
         if not isinstance(stage, Mapping) or not set(stage) <= names or not {"depth", "planes", "stride"} <= set(stage):
-            raise ValueError(f"stage {stage!r} must be a mapping of depth, planes, stride (and attention)")  # noqa: TRY004
+            raise ValueError(f"stage {stage!r} must be a mapping of depth, planes, stride (and attention)")
         try:
             stages.append(asdict(StageSpec(**{key: _integer(v) for key, v in stage.items()})))
         except ValueError as err:

@@ -26,6 +26,7 @@ __all__ = [
     "choice",
     "finite_float",
     "fraction",
+    "integer",
     "nonneg_float",
     "nonneg_int",
     "positive_float",
@@ -49,6 +50,11 @@ def _number(value: Any, kind: type) -> Any:
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError(f"must be an integer, got {value!r}")
     return number
+
+
+def integer(value: Any) -> int:
+    """Any integer: an int, a float without a fraction, or its decimal text (not a bool)."""
+    return _number(value, int)
 
 
 def positive_int(value: Any) -> int:

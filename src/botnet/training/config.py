@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..runtime.checks import (Check, boolean, choice, fraction, nonneg_float, nonneg_int, positive_float, positive_int,
-                              text)
+from ..runtime.checks import (Check, boolean, choice, finite_float, fraction, integer, nonneg_float, nonneg_int,
+                              positive_float, positive_int, text)
 
 __all__ = [
     "RunConfig",
@@ -116,7 +116,8 @@ def key_values(value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         return {str(k): v for k, v in value.items()}
     if not isinstance(value, (str, list, tuple)):
-        raise ValueError(f"must be key=value pairs or a mapping, got {value!r} ({type(value).__name__})")
+        raise ValueError(  # noqa: TRY004 - a user's value: one line, exit 2
+            f"must be key=value pairs or a mapping, got {value!r} ({type(value).__name__})")
     items = [value] if isinstance(value, str) else list(value)
     result: dict[str, Any] = {}
     for item in items:
@@ -173,20 +174,29 @@ def check_value(owner: type, spec: dataclasses.Field, value: Any) -> Any:
     if _is_list(kind):
         items = value if isinstance(value, (list, tuple)) else [value]
         return [_single(check, item) for item in items]
-    return _single(check, value, text if _is_text(kind) else None)
+    return _single(check, value, _type_check(kind))
 
 
 def _single(check: Check | None, value: Any, fallback: Check | None = None) -> Any:
     """One scalar through ``check`` (else ``fallback``); a list or mapping is refused, naming its type."""
     if isinstance(value, (dict, list, tuple, set)):
-        raise ValueError(f"must be a single value, got {value!r} (a {type(value).__name__})")
+        raise ValueError(  # noqa: TRY004 - a user's value: one line, exit 2
+            f"must be a single value, got {value!r} (a {type(value).__name__})")
     check = check or fallback
     return check(value) if check is not None else value
 
 
-def _is_text(kind: Any) -> bool:
+def _type_check(kind: Any) -> Check | None:
+    """The check a field without its own gets from its type: text, an integer or a number.
+
+    So a setting declared without a check still reads a file's text as its
+    flag would (``"8"`` -> 8), and never passes a wrong type on.
+    """
     args = typing.get_args(kind) if _allows_none(kind) else (kind,)
-    return str in args
+    for candidate, check in ((str, text), (int, integer), (float, finite_float)):
+        if candidate in args:
+            return check
+    return None
 
 
 @dataclass
