@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from botnet.images import find_unreadable, image_files, read_image
+from botnet.image_files import NothingToRead, image_inputs
+from botnet.images import find_unreadable, read_image
 
 # A 4x6 RGB pattern with distinct values per pixel and channel.
 BASE = (np.arange(4 * 6 * 3).reshape(4, 6, 3) * 5 % 256).astype(np.uint8)
@@ -139,9 +140,9 @@ def test_errors_and_file_listing(tmp_path):
     _save(tmp_path, "b.png", Image.new("RGB", (2, 2)))
     _save(tmp_path, "a.jpg", Image.new("RGB", (2, 2)))
     (tmp_path / "notes.txt").write_text("x")
-    assert image_files([tmp_path]) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
-    with pytest.raises(FileNotFoundError, match="no image or folder"):
-        image_files([tmp_path / "nope"])
+    assert image_inputs([tmp_path]) == [(str(tmp_path / "a.jpg"), None), (str(tmp_path / "b.png"), None)]
+    with pytest.raises(NothingToRead, match="no image or folder"):
+        image_inputs([tmp_path / "nope"])
 
 
 def test_every_reader_of_the_package_sees_the_same_pixels(tmp_path):

@@ -87,16 +87,19 @@ def test_grayscale_model_and_missing_description_entries(tmp_path, capsys):
 
 
 def test_missing_and_corrupt_images_are_named(trained, capsys):
+    # Listed with the reason, beside the images that were read (exit 0: something to use).
     _, ckpt, paths, folder = trained
-    assert main(["predict", "--checkpoint", str(ckpt), paths["teal.png"], str(folder / "nope.png")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("botnet predict: error:") and "nope.png" in err
+    assert main(["predict", "--checkpoint", str(ckpt), paths["teal.png"], str(folder / "nope.png"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("botnet predict: warning: 1 of 2") and "Traceback" not in err
+    assert [p["error"] for p in json.loads(out)["predictions"]] == [None, f"no image or folder at {str(folder / 'nope.png')!r}"]
 
     corrupt = folder / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    assert main(["predict", "--checkpoint", str(ckpt), paths["teal.png"], str(corrupt)]) == 2
-    err = capsys.readouterr().err
-    assert "cannot read image" in err and "corrupt.png" in err and "Traceback" not in err
+    assert main(["predict", "--checkpoint", str(ckpt), paths["teal.png"], str(corrupt), "--csv"]) == 0
+    out, err = capsys.readouterr()
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"{corrupt},,") and "cannot read image" in last and "Traceback" not in err
 
     truncated = folder / "truncated.png"
     truncated.write_bytes((folder / "orange.png").read_bytes()[:60])

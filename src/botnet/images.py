@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "read_image", "read_pil", "decode_image", "decode_pil",
-           "pil_to_tensor", "find_unreadable", "image_files"]
+           "pil_to_tensor", "find_unreadable"]
 
 # torchvision's ImageNet normalisation: the default for RGB models without their own statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -202,27 +202,3 @@ def find_unreadable(paths: Sequence[str], channels: int = 3, workers: int = 0) -
     else:
         problems = [_problem(path, channels) for path in paths]
     return [(path, reason) for path, reason in zip(paths, problems) if reason is not None]
-
-
-def image_files(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Image files among ``paths``: files as given, folders expanded (sorted, by suffix).
-
-    Raises:
-        FileNotFoundError: a path that is neither a file nor a folder, or no
-            image file at all.
-    """
-    files: list[str] = []
-    for path in paths:
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            files += sorted(
-                os.path.join(path, name) for name in os.listdir(path)
-                if name.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(path, name))
-            )
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"no image or folder at {path!r}")
-    if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
-    return files

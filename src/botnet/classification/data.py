@@ -11,7 +11,9 @@ evaluator never special-case a dataset.
   test set is the validation set), e.g. from Debian's ``dataset-fashion-mnist``.
 * ``folder``: torchvision ``ImageFolder`` layout ``DIR/train/<class>/*`` and
   ``DIR/val/<class>/*`` (or only ``DIR/<class>/*``, split 80/20 with a fixed
-  seed). Listing the files is all that happens before training: nothing is
+  seed). Hidden entries (``.thumbnails/``, ``.cache/x.jpg``, ``._x.jpg``) are
+  never classes or samples, at any depth (:mod:`botnet.image_files`).
+  Listing the files is all that happens before training: nothing is
   decoded up front (on ImageNet a full decode costs ~2 ms per file, 42
   CPU-minutes per process). An image that fails to decode when it is read
   is handled there (``bad_images``): ``"skip"`` gives the next readable
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
+from ..image_files import visible_dirs, walk_images
 from ..images import IMAGENET_MEAN, IMAGENET_STD, find_unreadable, read_image
 
 __all__ = [
@@ -471,15 +474,27 @@ class _Samples(Dataset):
 
 
 def _folder_samples(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    from torchvision.datasets import ImageFolder
+    """Classes and (path, label) samples of an ImageFolder tree, hidden entries left out at every depth.
 
-    try:
-        folder = ImageFolder(str(root), loader=lambda path: path, allow_empty=False)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise FileNotFoundError(
-            f"image folder {str(root)!r}: {err} (expected one sub-directory per class holding images)"
-        ) from None
-    return folder.classes, folder.samples
+    torchvision's ImageFolder lists the same samples in the same order
+    (extensions, a sorted walk), except that it takes ``.thumbnails/`` for a
+    class and ``.cache/x.jpg`` or ``._x.jpg`` for samples (see
+    :mod:`botnet.image_files`).
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    classes = visible_dirs(root)
+    if not classes:
+        raise FileNotFoundError(f"image folder {str(root)!r} has no class sub-directory (hidden ones do not count; "
+                                "expected one sub-directory per class holding images)")
+    samples: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        files = walk_images(root / name, IMG_EXTENSIONS)
+        if not files:
+            raise FileNotFoundError(f"image folder {str(root)!r}: class directory {name!r} holds no image file "
+                                    f"({', '.join(IMG_EXTENSIONS)}; hidden entries do not count)")
+        samples += [(str(path), label) for path in files]
+    return classes, samples
 
 
 def scan_data(data: ImageData, bad_images: str, workers: int = 0, rank: int = 0, world_size: int = 1,

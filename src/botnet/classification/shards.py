@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..image_files import visible_dirs, walk_images
 from ..images import decode_image
 
 __all__ = ["INDEX", "ShardDataset", "ShardSpec", "pack_folder", "shard_loader", "shard_spec"]
@@ -75,22 +76,15 @@ def _wds() -> Any:
 # --------------------------------------------------------------------------- packing
 
 
-def _visible_dirs(path: Path) -> list[str]:
-    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir() and not entry.name.startswith("."))
-
-
 def _class_files(class_dir: Path) -> list[Path]:
-    """Image files under ``class_dir``, ImageFolder's order (sorted walk), hidden entries skipped at every depth."""
+    """Image files under ``class_dir``: ImageFolder's extensions and order, hidden entries skipped at every depth.
+
+    The listing ``--dataset folder`` trains on (:func:`botnet.image_files.walk_images`), so a packed set
+    holds exactly the folder's samples.
+    """
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    files = []
-    for current, dirs, names in sorted(os.walk(class_dir, followlinks=True)):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if any(part.startswith(".") for part in Path(current).relative_to(class_dir).parts):
-            continue
-        files += [Path(current) / name for name in sorted(names)
-                  if not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)]
-    return files
+    return walk_images(class_dir, IMG_EXTENSIONS)
 
 
 def _split_samples(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
@@ -182,13 +176,13 @@ def pack_folder(
     if not (root / "train").is_dir():
         raise FileNotFoundError(f"{str(root)!r} has no train/ directory (expected ROOT/train/<class>/* and "
                                 "ROOT/val/<class>/*)")
-    classes = _visible_dirs(root / "train")
+    classes = visible_dirs(root / "train")
     if not classes:
         raise FileNotFoundError(f"{str(root / 'train')!r} has no class sub-directory")
     split_dirs = {"train": root / "train"}
     val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
     if val_dir is not None:
-        val_classes = _visible_dirs(val_dir)
+        val_classes = visible_dirs(val_dir)
         if val_classes != classes:
             only_train = sorted(set(classes) - set(val_classes))[:3]
             only_val = sorted(set(val_classes) - set(classes))[:3]

@@ -39,6 +39,25 @@ from .evaluate import EvalResult, evaluate
 __all__ = ["TrainConfig", "ClassificationTrainer", "train"]
 
 
+# ModelSpec fields the run sets itself: from the data (classes, channels) or from their own option.
+_SET_BY_THE_RUN = {"num_classes": "the dataset's class count", "in_chans": "--in-chans", "drop_rate": "--drop-rate"}
+
+
+def _model_options(values: dict[str, Any]) -> dict[str, Any]:
+    """``model_kwargs`` checked against the model spec's field types (:func:`botnet.models.spec.check_overrides`).
+
+    The fields the run sets are refused here, with what sets them, rather than
+    clashing as duplicate keywords when the model is built.
+    """
+    from ..models.spec import check_overrides
+
+    for name, source in _SET_BY_THE_RUN.items():
+        if name in values:
+            raise ValueError(f"entry {name!r} is set by the run: use {source}" if source.startswith("--")
+                             else f"entry {name!r} is set by the run: it is {source}")
+    return check_overrides(values)
+
+
 @dataclass
 class TrainConfig(RunConfig):
     """Every setting of a classification run (written to ``DIR/config.json``).
@@ -76,7 +95,7 @@ class TrainConfig(RunConfig):
                                 group="data and model")
     drop_rate: float = setting(0.0, "dropout before the classifier", fraction(0, 1), group="data and model")
     model_kwargs: dict[str, Any] = setting({}, "model options (ModelSpec fields) as key=value, e.g. pos_emb=absolute "
-                                           "heads=8", group="data and model")
+                                           "heads=8", _model_options, group="data and model")
     label_smoothing: float = setting(0.1, "label smoothing", fraction(0, 1), group="recipe")
     aug: str = setting("basic", "augmentation", choice("none", "basic", "randaugment"), group="recipe")
     mixup: float = setting(0.0, "MixUp alpha (0: off)", nonneg_float, group="recipe")

@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=run_eval)
 
     predict = actions.add_parser("predict", help="draw detected boxes and masks on images (PNG)")
-    predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    predict.add_argument("images", nargs="+", metavar="INPUT",
+                         help="image files, folders (recursive, sorted, hidden entries skipped) or quoted globs")
     predict.add_argument("--checkpoint", type=Path, required=True, help=".pt, .safetensors or run folder")
     predict.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     predict.add_argument("--score-threshold", type=fraction_arg(0, 1, high_open=False), default=0.5,
@@ -188,31 +189,35 @@ def run_eval(args: argparse.Namespace) -> int:
 # --- predict -------------------------------------------------------------------------------------
 
 def run_predict(args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
-    from ..runtime.store import atomic_write
     from ..detection.predict import detect_files
-    from ..images import image_files
     from ..runtime.console import Progress
+    from ..runtime.store import atomic_write
+    from ._inputs import exit_status
 
-    files = image_files(args.images)
     _check_out(args.out, "--out")
     table = Table(title=f"detections (score >= {args.score_threshold})")
     for column in ("image", "W x H", "detections", "classes", "PNG"):
         table.add_column(column)
 
     def add_row(record: dict[str, Any]) -> None:
-        names = [d["label"] for d in record["detections"]]
-        table.add_row(Path(record["image"]).name, "x".join(map(str, record["size"])), str(len(names)),
-                      ", ".join(f"{n} x{names.count(n)}" for n in dict.fromkeys(names)) or "-", record["png"])
+        if record["error"]:
+            table.add_row(escape(Path(record["image"]).name), "-", "-", escape(f"not read: {record['error']}"), "-",
+                          style="red")
+        else:
+            names = [d["label"] for d in record["detections"]]
+            table.add_row(escape(Path(record["image"]).name), "x".join(map(str, record["size"])), str(len(names)),
+                          ", ".join(f"{n} x{names.count(n)}" for n in dict.fromkeys(names)) or "-", record["png"])
         progress.update(1)
 
     with Progress() as progress:
-        progress.start("predicting", len(files))
-        records = detect_files(args.checkpoint, files, args.out, score_threshold=args.score_threshold,
-                               display_size=args.display_size, device=args.device, amp=args.amp, on_image=add_row)
+        records = detect_files(args.checkpoint, args.images, args.out, score_threshold=args.score_threshold,
+                               display_size=args.display_size, device=args.device, amp=args.amp,
+                               on_start=lambda total: progress.start("predicting", total), on_image=add_row)
     _console().print(table)
     if args.json:
         text = json.dumps(records, indent=1)
         atomic_write(args.json, lambda tmp: tmp.write_text(text))
-    return 0
+    return exit_status("botnet detect", records)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["StageSpec", "ModelSpec"]
+__all__ = ["ModelSpec", "StageSpec", "check_overrides"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,8 @@ class ModelSpec:
                            (int(ref[0]), int(ref[1])))
 
     def with_overrides(self, **overrides: Any) -> ModelSpec:
-        """A copy with fields replaced; unknown names raise a ValueError listing the valid ones."""
-        _check_known(overrides)
-        return replace(self, **overrides)
+        """A copy with fields replaced, checked by :func:`check_overrides` (ValueError naming the field)."""
+        return replace(self, **check_overrides(overrides))
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as JSON-able data (stages as dicts, ``ref_img_size`` as [H, W]); :meth:`from_dict` inverts it."""
@@ -119,3 +120,83 @@ def _check_known(values: dict[str, Any]) -> None:
     unknown = sorted(set(values) - valid)
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; valid options: {sorted(valid)}")
+
+
+def check_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (ModelSpec field overrides) converted to the fields' types, or a one-line ValueError.
+
+    Options reach a spec from Python, from ``--model-kwargs key=value`` and
+    from a ``-c`` YAML file, where a value may be the text that was written
+    (``heads: 8`` read as ``"8"``): each is converted by its field's type
+    annotation, with the same rules as a flag of that type, so ``heads:
+    many`` stops here with the option's name instead of deep in the model
+    with a TypeError. Types: an int (``"8"``, 8; not 2.5, not a bool), a
+    number, a bool (true/false, yes/no, on/off), text, None where the field
+    allows it, ``ref_img_size`` as one side or [H, W], ``stages`` as four
+    StageSpecs or mappings of their int fields.
+
+    Raises:
+        ValueError: an unknown option (listing the valid ones) or a value of
+            the wrong type (naming the option, what it takes and what came).
+    """
+    _check_known(values)
+    hints = typing.get_type_hints(ModelSpec)
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        try:
+            checked[name] = _stages(value) if name == "stages" else _typed(hints[name], value)
+        except ValueError as err:
+            raise ValueError(f"model option {name!r} {err}") from None
+    return checked
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    """``value`` as a ``kind`` (int, float, bool, str, X | None, int | tuple[int, int]), or ValueError."""
+    from ..runtime.checks import boolean, finite_float, text
+
+    args = typing.get_args(kind)
+    if type(None) in args:
+        return None if value is None else _typed(next(a for a in args if a is not type(None)), value)
+    if value is None:
+        raise ValueError("must be given (got nothing)")
+    if args and int in args:  # int | tuple[int, int]: one side or (H, W)
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2:
+                raise ValueError(f"must be one side or [height, width], got {value!r}")
+            return [_integer(v) for v in value]
+        return _integer(value)
+    if kind is bool:
+        return boolean(value)
+    if kind is int:
+        return _integer(value)
+    if kind is float:
+        return finite_float(value)
+    if kind is str:
+        return text(value)
+    raise ValueError(f"has a type ({kind}) that cannot be given as an option")
+
+
+def _integer(value: Any) -> int:
+    from ..runtime.checks import nonneg_int
+
+    if isinstance(value, (list, tuple, dict)):
+        raise ValueError(f"must be an integer, got {value!r}")  # noqa: TRY004 - a user's value: one line, exit 2
+    return nonneg_int(value)
+
+
+def _stages(value: Any) -> list[dict[str, int]]:
+    """Four stages as mappings of ints (JSON-able, for config.json; ModelSpec turns them into StageSpecs)."""
+    if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ValueError(f"must be four stages (depth, planes, stride, attention), got {value!r}")
+    names = {f.name for f in fields(StageSpec)}
+    stages = []
+    for stage in value:
+        if isinstance(stage, StageSpec):
+            stage = asdict(stage)
+        if not isinstance(stage, Mapping) or not set(stage) <= names or not {"depth", "planes", "stride"} <= set(stage):
+            raise ValueError(f"stage {stage!r} must be a mapping of depth, planes, stride (and attention)")
+        try:
+            stages.append(asdict(StageSpec(**{key: _integer(v) for key, v in stage.items()})))
+        except ValueError as err:
+            raise ValueError(f"stage {stage!r}: {err}") from None
+    return stages

@@ -20,15 +20,18 @@ from typing import Any
 
 __all__ = [
     "Check",
+    "boolean",
     "check_out_dir",
     "check_out_file",
     "choice",
     "finite_float",
     "fraction",
+    "integer",
     "nonneg_float",
     "nonneg_int",
     "positive_float",
     "positive_int",
+    "text",
 ]
 
 Check = Callable[[Any], Any]
@@ -47,6 +50,11 @@ def _number(value: Any, kind: type) -> Any:
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError(f"must be an integer, got {value!r}")
     return number
+
+
+def integer(value: Any) -> int:
+    """Any integer: an int, a float without a fraction, or its decimal text (not a bool)."""
+    return _number(value, int)
 
 
 def positive_int(value: Any) -> int:
@@ -96,6 +104,39 @@ def fraction(low: float = 0.0, high: float = 1.0, *, low_open: bool = False, hig
 
     check.__name__ = f"fraction{left}{low:g},{high:g}{right}"
     return check
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def boolean(value: Any) -> bool:
+    """A bool, or its text as a flag or YAML writes it: true/yes/on/1 or false/no/off/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+def text(value: Any) -> str:
+    """Text (names, paths): a str, or a path object as its str.
+
+    Nothing else is turned into text: a number, a bool or a date here was
+    typed as something else (YAML files keep what was written as text, see
+    :func:`botnet.training.config.load_config_file`, so this only meets
+    values built in Python), and its str() need not be what was meant.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)  # type: ignore[return-value]
+    raise ValueError(f"must be text, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A value and its type, for messages: ``2024 (int)``, ``[1, 2] (list)``."""
+    return f"{value!r} ({type(value).__name__})"
 
 
 def choice(*options: Any) -> Check:

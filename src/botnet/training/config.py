@@ -15,6 +15,18 @@ names (``batch_size`` or ``batch-size``); an unknown key or a bad value is a
 one-line error that names the file and the key. A ``base: other.yaml`` key
 (relative to the file) loads that file first, so a recipe and its variant
 (e.g. a ResNet twin) share one text.
+
+A file's values are checked exactly like flags: every scalar is kept as the
+text written (only ``null``, ``~`` or nothing is None) and goes through the
+field's own parser, the one its command-line flag uses. YAML's own typing
+would turn ``out: 2024-01-01`` into a date, ``out: 017`` into 15 and
+``model: yes`` into True, none of which is what was written; read as text
+they are the directory ``2024-01-01``, ``017`` and the model ``yes``, as
+after ``--out``. A value of the wrong shape (a list or mapping where one
+value is expected, nothing where a value is required) and a value the
+parser refuses are one line naming the file, the key, what was expected
+and what was given. ``model_kwargs`` entries are checked against the model
+spec's field types (:func:`botnet.models.spec.check_overrides`).
 """
 
 from __future__ import annotations
@@ -28,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..runtime.checks import Check, choice, fraction, nonneg_float, nonneg_int, positive_float, positive_int
+from ..runtime.checks import (Check, boolean, choice, finite_float, fraction, integer, nonneg_float, nonneg_int,
+                              positive_float, positive_int, text)
 
 __all__ = [
     "RunConfig",
@@ -92,22 +105,52 @@ def _is_dict(kind: Any) -> bool:
 
 
 def key_values(value: Any) -> dict[str, Any]:
-    """A mapping from a dict, or from ``"key=value"`` strings (values read as YAML: 8, 0.5, true, none)."""
+    """A mapping from a dict, or from ``"key=value"`` strings.
+
+    A value is read as a YAML file's value is (:func:`yaml_text`: text as
+    written, ``null`` as None, ``[256, 320]`` as a list), so the field's own
+    check (e.g. the model spec's types) decides what the text means.
+    """
     import yaml
 
     if isinstance(value, dict):
         return {str(k): v for k, v in value.items()}
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError(  # noqa: TRY004 - a user's value: one line, exit 2
+            f"must be key=value pairs or a mapping, got {value!r} ({type(value).__name__})")
     items = [value] if isinstance(value, str) else list(value)
     result: dict[str, Any] = {}
     for item in items:
         if not isinstance(item, str) or "=" not in item:
             raise ValueError(f"must be key=value pairs, got {item!r}")
-        key, text = item.split("=", 1)
+        key, written = item.split("=", 1)
         try:
-            result[key.strip()] = yaml.safe_load(text) if text else ""
+            result[key.strip()] = yaml_text(written) if written else ""
         except yaml.YAMLError:
-            result[key.strip()] = text
+            result[key.strip()] = written
     return result
+
+
+def yaml_text(source: str) -> Any:
+    """YAML with every scalar kept as the text written; only ``null``, ``~`` and nothing are None.
+
+    YAML 1.1's implicit types guess from the text: ``2024-01-01`` becomes a
+    date, ``017`` the octal 15, ``yes`` and ``on`` True, ``1_000`` 1000. A
+    setting's own parser (the one its flag uses) reads the text instead, so
+    a value means the same in a file as after its flag. Lists and mappings
+    keep their structure.
+    """
+    import yaml
+
+    class TextLoader(yaml.SafeLoader):
+        """SafeLoader whose implicit ints, floats, bools and dates stay text."""
+
+    def as_written(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+        return loader.construct_scalar(node)
+
+    for tag in ("int", "float", "bool", "timestamp"):
+        TextLoader.add_constructor(f"tag:yaml.org,2002:{tag}", as_written)
+    return yaml.load(source, Loader=TextLoader)  # SafeLoader with fewer types
 
 
 def _is_list(kind: Any) -> bool:
@@ -123,22 +166,37 @@ def check_value(owner: type, spec: dataclasses.Field, value: Any) -> Any:
             raise ValueError("must be given (got nothing)")
         return None
     if _is_bool(kind):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise ValueError(f"must be true or false, got {value!r}")
+        return boolean(value)
     check = spec.metadata.get("check")
-    if _is_dict(kind):
-        return key_values(value)
+    if _is_dict(kind):  # the check (if any) takes the whole mapping, e.g. the model spec's types
+        values = key_values(value)
+        return check(values) if check is not None else values
     if _is_list(kind):
         items = value if isinstance(value, (list, tuple)) else [value]
-        return [check(item) if check else item for item in items]
-    if check is not None:
-        return check(value)
-    if isinstance(value, (dict, list)):
-        raise ValueError(f"must be a single value, got {value!r}")
-    return value
+        return [_single(check, item) for item in items]
+    return _single(check, value, _type_check(kind))
+
+
+def _single(check: Check | None, value: Any, fallback: Check | None = None) -> Any:
+    """One scalar through ``check`` (else ``fallback``); a list or mapping is refused, naming its type."""
+    if isinstance(value, (dict, list, tuple, set)):
+        raise ValueError(  # noqa: TRY004 - a user's value: one line, exit 2
+            f"must be a single value, got {value!r} (a {type(value).__name__})")
+    check = check or fallback
+    return check(value) if check is not None else value
+
+
+def _type_check(kind: Any) -> Check | None:
+    """The check a field without its own gets from its type: text, an integer or a number.
+
+    So a setting declared without a check still reads a file's text as its
+    flag would (``"8"`` -> 8), and never passes a wrong type on.
+    """
+    args = typing.get_args(kind) if _allows_none(kind) else (kind,)
+    for candidate, check in ((str, text), (int, integer), (float, finite_float)):
+        if candidate in args:
+            return check
+    return None
 
 
 @dataclass
@@ -247,7 +305,7 @@ def load_config_file(path: str | os.PathLike[str], cls: type[RunConfig], _seen: 
     if path.resolve() in _seen:
         raise ValueError(f"{str(path)!r}: 'base' files include each other in a loop")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml_text(path.read_text())  # scalars as written: each setting's parser reads them
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
