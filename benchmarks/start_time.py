@@ -11,7 +11,9 @@ command, start to exit, with the same settings and ``--epoch-size 64``:
         --epoch-size 64 --epochs 1 --no-progress --out TMP
 
 once per repeat for each size, interleaved (small, large, small, ...), and
-reports the median wall time and the large / small ratio (target <= 1.5).
+reports the median wall time and the large / small ratio (target <= 1.5),
+and the same for the CPU time of the command and its children (what the
+machine's other load disturbs least).
 The same pair with ``--scan-images`` (decode every file before training,
 what every start did before) shows what the default no longer pays.
 
@@ -21,6 +23,7 @@ Writes ``benchmarks/results/start_time_cpu.json`` and ``.md``.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,19 +47,23 @@ def make_tree(root: Path, per_class: int, val: Path) -> Path:
     return root
 
 
-def time_command(data_dir: Path, extra: list[str]) -> float:
+def time_command(data_dir: Path, extra: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its children) of one run."""
     out = Path(tempfile.mkdtemp(prefix="botnet-start-")) / "run"
     command = [sys.executable, "-m", "botnet", "train", "--dataset", "folder", "--data-dir", str(data_dir),
                "--model", "resnet_tiny", "--img-size", "64", "--batch-size", "32", "--epoch-size", "64",
                "--epochs", "1", "--no-progress", "--out", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     shutil.rmtree(out.parent, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"botnet train failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return seconds
+    return seconds, cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,18 +87,28 @@ def main(argv: list[str] | None = None) -> None:
     rows, results = [], []
     for mode, extra in modes.items():
         times: dict[int, list[float]] = {n: [] for n in trees}
+        cpu: dict[int, list[float]] = {n: [] for n in trees}
         for _ in range(args.repeat):
             for n, tree in trees.items():  # interleaved: drift of the machine hits both sizes alike
-                times[n].append(time_command(tree, extra))
+                wall, used = time_command(tree, extra)
+                times[n].append(wall)
+                cpu[n].append(used)
         small, large = median(times[args.small]), median(times[args.large])
+        cpu_small, cpu_large = median(cpu[args.small]), median(cpu[args.large])
         ratio = large / small
-        results.append({"mode": mode, "flags": extra, "seconds": {str(n): t for n, t in times.items()},
+        results.append({"mode": mode, "flags": extra, "wall_s": {str(n): t for n, t in times.items()},
+                        "cpu_s": {str(n): t for n, t in cpu.items()},
                         "median_small_s": small, "median_large_s": large, "ratio": ratio,
+                        "median_small_cpu_s": cpu_small, "median_large_cpu_s": cpu_large,
+                        "cpu_ratio": cpu_large / cpu_small,
                         "target": 1.5 if not extra else None, "hit": ratio <= 1.5 if not extra else None})
-        rows.append([mode, f"{small:.2f}", f"{large:.2f}", f"{ratio:.2f}",
+        rows.append([mode, f"{small:.2f}", f"{large:.2f}", f"{ratio:.2f}", f"{cpu_small:.2f}", f"{cpu_large:.2f}",
+                     f"{cpu_large / cpu_small:.2f}",
                      ("HIT" if ratio <= 1.5 else "MISS") + " (<= 1.5)" if not extra else "-"])
-        print(f"{mode}: {args.small} files {small:.2f} s, {args.large} files {large:.2f} s, ratio {ratio:.2f}")
-    header = ["mode", f"{args.small} files (s)", f"{args.large} files (s)", "ratio", "target"]
+        print(f"{mode}: {args.small} files {small:.2f} s, {args.large} files {large:.2f} s, ratio {ratio:.2f} "
+              f"(CPU {cpu_small:.2f} s vs {cpu_large:.2f} s)")
+    header = ["mode", f"{args.small} files (s)", f"{args.large} files (s)", "ratio", f"{args.small} CPU (s)",
+              f"{args.large} CPU (s)", "CPU ratio", "target (wall)"]
     table = markdown_table(header, rows)
     print(table)
     payload = {"machine": machine_info(torch.device("cpu")), "small": args.small, "large": args.large,
