@@ -287,15 +287,15 @@ class ClassificationTrainer(Trainer):
             f"[yellow]skipped unreadable image[/] {item['path']}: {item['reason']}"
             for item in data.info.get("skipped_images") or []
         ]
-        if self.initial_weights:
-            start = self.initial_weights
-            lines.append(f"{start['option']} {start['source']}: {start['summary']}")
         lines.append(
             f"[bold]botnet train[/] {config.model} ({params / 1e6:.2f}M params) on {config.dataset} "
             f"{data.img_size[0]}x{data.img_size[1]}: {len(data.train)} train / {len(data.val)} val images, "
             f"{info.world_size} process(es) on {self.device}, batch {config.batch_size}x{info.world_size}, "
             f"{config.epochs} epochs -> {self.run.path}"
         )
+        if self.initial_weights:  # also in config.json, with every tensor's fate
+            start = self.initial_weights
+            lines.append(f"{start['option']} {start['source']}: {start['summary']}")
         return "\n".join(lines)
 
     def epoch_line(self, record: dict[str, Any]) -> str:

@@ -117,6 +117,17 @@ class BoTNetFPN(BackboneWithFPN):
             )
         self.strides = tuple(strides + list(extra_strides))
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's parameter groups of the body (:meth:`botnet.BoTNet.group_matcher` under ``body.``).
+
+        torchvision's ``IntermediateLayerGetter`` keeps the BoTNet's module
+        names but not its class, so the matcher is given here; the FPN
+        matches neither group and ranks with the heads (per-stage learning
+        rates, ``--layer-decay``).
+        """
+        return {"stem": r"^body\.conv1|^body\.bn1",
+                "blocks": r"^body\.layer(\d+)" if coarse else r"^body\.layer(\d+)\.(\d+)"}
+
 
 def _resolve_norm(norm_layer: Callable[..., nn.Module] | str | None, pretrained: bool) -> type[nn.Module]:
     if norm_layer is None:

@@ -199,13 +199,6 @@ class DetectionTrainer(Trainer):
         if self.load_report is not None:
             self.initial_weights = {"option": "--weights-backbone", **self.load_report.to_dict()}
 
-    def _check_weights(self) -> WeightsSource:
-        """``--weights-backbone`` read, and matched against a bare backbone (raises if nothing fits)."""
-        source = read_weights_source(self.config.weights_backbone)
-        kwargs = {"ref_img_size": self.config.ref_img_size} if self.config.ref_img_size else {}
-        load_backbone_weights(create_model(self.config.backbone, num_classes=0, **kwargs), source)
-        return source
-
         # The order is a function of (seed, epoch) only, in 1 or N processes alike.
         self.sampler = DistributedSampler(self.train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                           seed=config.seed)
@@ -220,6 +213,13 @@ class DetectionTrainer(Trainer):
             shard = Subset(self.val_set, range(info.rank, len(self.val_set), info.world_size))  # no duplicates
             self.val_loader = DataLoader(shard, batch_size=config.batch_size, num_workers=config.workers,
                                          collate_fn=collate, pin_memory=pin)
+
+    def _check_weights(self) -> WeightsSource:
+        """``--weights-backbone`` read, and matched against a bare backbone (raises if nothing fits)."""
+        source = read_weights_source(self.config.weights_backbone)
+        kwargs = {"ref_img_size": self.config.ref_img_size} if self.config.ref_img_size else {}
+        load_backbone_weights(create_model(self.config.backbone, num_classes=0, **kwargs), source)
+        return source
 
     def _description(self) -> DetectorConfig:
         """The detector's architecture (saved with its weights) from the settings and the data's image sizes."""
