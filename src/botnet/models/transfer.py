@@ -251,6 +251,9 @@ def load_backbone_weights(model: nn.Module, source: WeightsSource) -> LoadReport
         exclude.update({f"{name}.": "inside an attention (BoT) block: a ResNet's c5 is not attention"
                         for name, module in model.named_modules() if isinstance(module, BoTBlock)})
     report = transfer_state(model, source.state, exclude=exclude, source=repr(source.path))
+    for key in report.skipped:
+        if key.startswith("fc."):  # also when the model has no classifier (a detection backbone)
+            report.skipped[key] = "classifier (a backbone start never loads it)"
     report.source, report.kind = source.path, "botnet" if source.is_botnet else "state dict"
     return report
 
