@@ -18,8 +18,12 @@ from botnet.checkpoint import save_model
 from botnet.cli import main
 from botnet.layers.position import resize_table
 from botnet.models.freeze import freeze_stages
-from botnet.models.transfer import (adapt_input_conv, load_backbone_weights, load_initial_checkpoint,
-                                    read_weights_source)
+from botnet.models.transfer import (
+    adapt_input_conv,
+    load_backbone_weights,
+    load_initial_checkpoint,
+    read_weights_source,
+)
 from botnet.runtime.store import load_checkpoint
 from botnet.training.optim import create_optimizer, stage_ids
 
@@ -187,9 +191,9 @@ def test_frozen_stages_keep_their_weights_and_statistics_in_training():
     loss.backward()
     optimizer.step()
     after = model.state_dict()
-    for key in before:
+    for key, value in before.items():
         frozen = key.startswith(("conv1.", "bn1.", "layer1.", "layer2."))
-        assert torch.equal(after[key], before[key]) == frozen or key.endswith("num_batches_tracked"), key
+        assert torch.equal(after[key], value) == frozen or key.endswith("num_batches_tracked"), key
 
 
 # --------------------------------------------------------------------------- command line
@@ -307,3 +311,18 @@ def test_detect_train_from_a_classification_run(pretrained_run, tmp_path, capsys
     bad = tmp_path / "bad"
     assert main(["detect", "train", "--out", str(bad), "--weights-backbone", str(foreign), *model]) == 2
     assert "no tensor of the source fits" in capsys.readouterr().err and not bad.exists()
+
+
+def test_train_fraction_is_stratified_and_fixed_by_the_seed():
+    from botnet.classification.data import InMemoryImages
+    from botnet.classification.subset import train_subset
+
+    labels = torch.arange(100) % 4  # 25 per class
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 1, 2, 2).contiguous()
+    dataset = InMemoryImages(images, labels)
+    part = train_subset(dataset, 0.2, seed=3)
+    assert isinstance(part, InMemoryImages) and torch.bincount(part.labels).tolist() == [5, 5, 5, 5]
+    assert torch.equal(part.labels, labels[part.images[:, 0, 0, 0].long()])  # images keep their labels
+    assert torch.equal(train_subset(dataset, 0.2, seed=3).images, part.images)
+    assert not torch.equal(train_subset(dataset, 0.2, seed=4).images, part.images)
+    assert train_subset(dataset, 1.0, seed=3) is dataset

@@ -25,7 +25,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from ..checkpoint import model_meta
 from ..models import BoTNet, create_model
 from ..models.freeze import MAX_TRAINABLE_LAYERS, freeze_stages
-from ..models.transfer import load_backbone_weights, load_initial_checkpoint, read_weights_source
+from ..models.transfer import (
+    load_backbone_weights,
+    load_initial_checkpoint,
+    read_weights_source,
+)
 from ..runtime.checks import choice, fraction, nonneg_float, positive_int
 from ..runtime.console import Progress
 from ..runtime.distributed import average_buffers

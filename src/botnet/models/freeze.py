@@ -14,7 +14,7 @@ import types
 
 from torch import nn
 
-__all__ = ["TRAINABLE_ORDER", "MAX_TRAINABLE_LAYERS", "frozen_prefixes", "freeze_stages"]
+__all__ = ["MAX_TRAINABLE_LAYERS", "TRAINABLE_ORDER", "freeze_stages", "frozen_prefixes"]
 
 # torchvision's order: the first k are trained with trainable_layers = k. The stem is conv1 with its bn1.
 TRAINABLE_ORDER: tuple[tuple[str, ...], ...] = (("layer4",), ("layer3",), ("layer2",), ("layer1",), ("conv1", "bn1"))

@@ -39,8 +39,15 @@ from ..layers.blocks import BoTBlock
 from ..layers.position import resize_table
 from .weights import LoadReport, _unwrap_state_dict
 
-__all__ = ["WeightsSource", "read_weights_source", "adapt_input_conv", "transfer_state", "load_initial_checkpoint",
-           "load_backbone_weights", "classifier_prefix"]
+__all__ = [
+    "WeightsSource",
+    "adapt_input_conv",
+    "classifier_prefix",
+    "load_backbone_weights",
+    "load_initial_checkpoint",
+    "read_weights_source",
+    "transfer_state",
+]
 
 # Parameter names of the position tables (layers/position.py): (length, dim_head) each.
 POSITION_TABLES = ("pos.rel_h", "pos.rel_w", "pos.abs_h", "pos.abs_w")
@@ -77,7 +84,11 @@ def read_weights_source(path: str | os.PathLike[str]) -> WeightsSource:
         FileNotFoundError: nothing at ``path`` (or a run directory without weights).
         CheckpointError (a ValueError): a damaged file, or one that carries pickled objects (refused, never run).
     """
-    from ..runtime.store import load_checkpoint, read_safetensors, resolve_checkpoint_path
+    from ..runtime.store import (
+        load_checkpoint,
+        read_safetensors,
+        resolve_checkpoint_path,
+    )
 
     resolved = resolve_checkpoint_path(path)
     if not resolved.exists():
@@ -123,7 +134,7 @@ def adapt_input_conv(in_chans: int, weight: Tensor) -> Tensor | None:
 
     Computed in float32 and returned in ``weight``'s dtype.
     """
-    out_chans, source_chans = weight.shape[:2]
+    source_chans = weight.shape[1]
     if source_chans == in_chans:
         return weight
     w = weight.float()
