@@ -326,3 +326,11 @@ def test_train_fraction_is_stratified_and_fixed_by_the_seed():
     assert torch.equal(train_subset(dataset, 0.2, seed=3).images, part.images)
     assert not torch.equal(train_subset(dataset, 0.2, seed=4).images, part.images)
     assert train_subset(dataset, 1.0, seed=3) is dataset
+
+
+def test_a_checkpoint_of_another_model_is_a_partial_match_that_says_so(rgb_checkpoint):
+    model = create_model("botnet_fmnist", num_classes=5)  # same stage layout, other widths in places
+    report = load_initial_checkpoint(model, read_weights_source(rgb_checkpoint))
+    assert report.partial and report.loaded and report.missing
+    assert "the checkpoint holds a botnet_mini, this model is a botnet_fmnist" in report.summary()
+    assert all(why.startswith(("shape", "not in model", "classifier")) for why in report.skipped.values())

@@ -227,6 +227,14 @@ def transfer_state(
     return report
 
 
+def _describe_source(report: LoadReport, model: nn.Module, source: WeightsSource) -> None:
+    """Fill the report's source fields; note a checkpoint of another registered model (a likely mix-up)."""
+    report.source, report.kind = source.path, "botnet" if source.is_botnet else "state dict"
+    theirs, ours = (source.meta or {}).get("model"), getattr(model, "name", None)
+    if theirs and ours and theirs != ours:
+        report.note = f"the checkpoint holds a {theirs}, this model is a {ours}"
+
+
 def load_initial_checkpoint(model: nn.Module, source: WeightsSource) -> LoadReport:
     """timm's ``--initial-checkpoint``: every tensor that fits, the classifier only if its class count matches.
 
@@ -241,7 +249,7 @@ def load_initial_checkpoint(model: nn.Module, source: WeightsSource) -> LoadRepo
         theirs = found.shape[0] if found is not None else "?"
         for key in [k for k in report.skipped if k.startswith(head)]:
             report.skipped[key] = f"classifier for {theirs} classes, this model has {classes}: re-initialised"
-    report.source, report.kind = source.path, "botnet" if source.is_botnet else "state dict"
+    _describe_source(report, model, source)
     return report
 
 
@@ -265,6 +273,6 @@ def load_backbone_weights(model: nn.Module, source: WeightsSource) -> LoadReport
     for key in report.skipped:
         if key.startswith("fc."):  # also when the model has no classifier (a detection backbone)
             report.skipped[key] = "classifier (a backbone start never loads it)"
-    report.source, report.kind = source.path, "botnet" if source.is_botnet else "state dict"
+    _describe_source(report, model, source)
     return report
 

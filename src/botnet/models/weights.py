@@ -25,6 +25,10 @@ class LoadReport:
         loaded: model keys filled from the source.
         skipped: source keys not used, with the reason.
         missing: model keys left at their initial values.
+        resized: position tables interpolated to this model's length, with both shapes.
+        adapted: tensors fitted to this model (the first convolution's input channels), and how.
+        source, kind: the file read, and "botnet" (a described checkpoint) or "state dict".
+        note: anything else worth saying (a checkpoint of another registered model).
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -34,6 +38,7 @@ class LoadReport:
     adapted: dict[str, str] = field(default_factory=dict)
     source: str | None = None
     kind: str | None = None
+    note: str | None = None
 
     @property
     def partial(self) -> bool:
@@ -45,6 +50,8 @@ class LoadReport:
         text = f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, left {len(self.missing)} at init"
         if self.missing:
             text += " (partial match)"
+        if self.note:
+            text += f"; {self.note}"
         if self.resized:
             text += f"; {len(self.resized)} position tables interpolated ({next(iter(self.resized.values()))}, ...)"
         text += "".join(f"; {key}: {what}" for key, what in self.adapted.items())
@@ -59,7 +66,7 @@ class LoadReport:
         """The JSON form written to a run's ``config.json`` (``initial_weights``)."""
         return {"source": self.source, "kind": self.kind, "summary": self.summary(), "partial": self.partial,
                 "loaded": self.loaded, "skipped": self.skipped, "missing": self.missing, "resized": self.resized,
-                "adapted": self.adapted}
+                "adapted": self.adapted, "note": self.note}
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
