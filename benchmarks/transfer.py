@@ -19,8 +19,9 @@ one at a time, timed from outside:
 
 Fine-tuning and scratch share one recipe (the defaults of ``botnet train``:
 SGD + Nesterov, lr 0.1, 1 warm-up epoch then cosine, label smoothing 0.1)
-and the same budget: ``--epochs-full`` epochs at 100 %, ``--epochs-few``
-at 10 % (batch 32 there, so an epoch is more than two steps). Reported per
+and the same budget: ``--epochs-full`` epochs at 100 % (8), ``--epochs-few``
+at 10 % (20, and 60 to see whether the gap closes; batch 32 there, so an
+epoch is more than two steps). Reported per
 arm: the final epoch's top-1 on digits' held-out 360 images (mean and std
 over seeds), the gap, and the first epoch whose top-1 reaches 97 % (a
 property of the curve, read after training; it selects nothing).
@@ -29,7 +30,7 @@ Run directories that already hold a finished run (``wall.json``) are reused.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/transfer.py                  # all stages (~15 min on 1 core)
+    OMP_NUM_THREADS=1 python benchmarks/transfer.py                  # all stages (~25 min on 1 core)
     python benchmarks/transfer.py --stages report --root runs/transfer
 """
 
@@ -50,6 +51,7 @@ from common import ROOT, machine_info, markdown_table, write_json
 TARGET = 0.97
 SEEDS = (0, 1, 2)
 FRACTIONS = (0.1, 1.0)
+BATCH = {0.1: 32, 1.0: 64}  # at 10 % (142 images) a batch of 32 gives 4 steps an epoch
 
 
 def run(out: Path, args: list[str]) -> dict:
@@ -83,20 +85,27 @@ def pretrain(root: Path, args: argparse.Namespace) -> Path:
     return out
 
 
-def arm_args(fraction: float, seed: int, args: argparse.Namespace) -> list[str]:
-    epochs = args.epochs_full if fraction == 1 else args.epochs_few
-    batch = 64 if fraction == 1 else 32
+def budgets(args: argparse.Namespace) -> list[tuple[float, int]]:
+    """(training fraction, epochs) of every comparison."""
+    return [(0.1, epochs) for epochs in args.epochs_few] + [(1.0, epochs) for epochs in args.epochs_full]
+
+
+def arm_name(arm: str, fraction: float, epochs: int, seed: int) -> str:
+    return f"{arm}-{int(fraction * 100)}pct-e{epochs}-s{seed}"
+
+
+def arm_args(fraction: float, epochs: int, seed: int) -> list[str]:
     return ["--dataset", "digits", "--model", "botnet_fmnist", "--img-size", "28", "--epochs", str(epochs),
-            "-b", str(batch), "--train-fraction", str(fraction), "--seed", str(seed)]
+            "-b", str(BATCH[fraction]), "--train-fraction", str(fraction), "--seed", str(seed)]
 
 
 def finetune_and_scratch(root: Path, pretrained: Path, args: argparse.Namespace) -> None:
     weights = str(pretrained / "last.safetensors")
-    for fraction in FRACTIONS:
+    for fraction, epochs in budgets(args):
         for seed in SEEDS:
-            name = f"{int(fraction * 100)}pct-s{seed}"
-            run(root / f"finetune-{name}", arm_args(fraction, seed, args) + ["--weights-backbone", weights])
-            run(root / f"scratch-{name}", arm_args(fraction, seed, args))
+            run(root / arm_name("finetune", fraction, epochs, seed),
+                arm_args(fraction, epochs, seed) + ["--weights-backbone", weights])
+            run(root / arm_name("scratch", fraction, epochs, seed), arm_args(fraction, epochs, seed))
 
 
 def epochs_to(records: list[dict], target: float) -> int | None:
@@ -108,12 +117,12 @@ def report(root: Path, args: argparse.Namespace) -> dict:
     pre_records = metrics(pre)
     rows, table = [], []
     summary: dict = {}
-    for fraction in FRACTIONS:
+    for fraction, epochs in budgets(args):
         arms = {}
         for arm in ("finetune", "scratch"):
             runs = []
             for seed in SEEDS:
-                out = root / f"{arm}-{int(fraction * 100)}pct-s{seed}"
+                out = root / arm_name(arm, fraction, epochs, seed)
                 records = metrics(out)
                 wall = json.loads((out / "wall.json").read_text())
                 runs.append({"seed": seed, "final_val_acc": records[-1]["val_acc"],
@@ -124,7 +133,8 @@ def report(root: Path, args: argparse.Namespace) -> dict:
             arms[arm] = {"runs": runs, "mean": statistics.mean(finals), "std": statistics.stdev(finals),
                          "epochs_to_97": [r["epochs_to_97"] for r in runs]}
         gap = arms["finetune"]["mean"] - arms["scratch"]["mean"]
-        summary[f"{int(fraction * 100)}%"] = {**arms, "gap_points": 100 * gap}
+        key = f"{int(fraction * 100)}% x {epochs} epochs"
+        summary[key] = {**arms, "gap_points": 100 * gap}
         for arm in ("finetune", "scratch"):
             a = arms[arm]
             table.append([f"{int(fraction * 100)} % ({a['runs'][0]['epochs']} epochs)", arm,
@@ -132,7 +142,7 @@ def report(root: Path, args: argparse.Namespace) -> dict:
                           f"{100 * a['mean']:.2f} ± {100 * a['std']:.2f}",
                           " / ".join("-" if e is None else str(e) for e in a["epochs_to_97"]),
                           f"{sum(r['wall_seconds'] for r in a['runs']):.0f}"])
-        rows.append(f"{int(fraction * 100)} %: fine-tuned minus scratch = {100 * gap:+.2f} points")
+        rows.append(f"{key}: fine-tuned minus scratch = {100 * gap:+.2f} points")
     markdown = markdown_table(["digits train split", "start", "final top-1 % (seeds 0/1/2)", "mean ± std",
                                "epoch reaching 97 % (seeds 0/1/2)", "wall s (3 runs)"], table)
     payload = {
@@ -159,8 +169,8 @@ def main() -> None:
                         choices=["pretrain", "runs", "report"])
     parser.add_argument("--pretrain-epochs", type=int, default=3)
     parser.add_argument("--pretrain-fraction", type=float, default=0.25)
-    parser.add_argument("--epochs-full", type=int, default=8)
-    parser.add_argument("--epochs-few", type=int, default=20)
+    parser.add_argument("--epochs-full", type=int, nargs="+", default=[8], help="budgets at 100 %%")
+    parser.add_argument("--epochs-few", type=int, nargs="+", default=[20, 60], help="budgets at 10 %%")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_cpu.json")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)

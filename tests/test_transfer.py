@@ -334,3 +334,15 @@ def test_a_checkpoint_of_another_model_is_a_partial_match_that_says_so(rgb_check
     assert report.partial and report.loaded and report.missing
     assert "the checkpoint holds a botnet_mini, this model is a botnet_fmnist" in report.summary()
     assert all(why.startswith(("shape", "not in model", "classifier")) for why in report.skipped.values())
+
+
+def test_train_from_a_resnet_file(tmp_path, capsys):
+    resnet = tmp_path / "resnet.pth"
+    torch.save({"state_dict": _randomised(create_model("resnet_mini", num_classes=1000)).state_dict()}, resnet)
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--weights-backbone", str(resnet), *COMMON]) == 0
+    start = _settings(out)["initial_weights"]
+    assert start["kind"] == "state dict" and start["partial"]
+    assert "summed" in start["adapted"]["conv1.weight"]  # RGB weights, grey digits
+    assert not any(".attn." in key for key in start["loaded"]) and "fc.weight" not in start["loaded"]
+    assert "layer3.0.conv2.weight" in start["loaded"] and "(partial match)" in capsys.readouterr().out
