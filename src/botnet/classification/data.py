@@ -432,6 +432,11 @@ class _Samples(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def select(self, indices: Sequence[int]) -> _Samples:
+        """The samples at ``indices``, with this dataset's transform and unreadable-file handling."""
+        return _Samples([self.samples[i] for i in indices], self.transform, self.channels, self.bad_images,
+                        self.skip_log)
+
     def drop(self, paths: set[str]) -> None:
         """Leave out the samples of ``paths`` (found unreadable by a scan)."""
         self.samples = [sample for sample in self.samples if sample[0] not in paths]

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import model_meta
-from ..models import create_model
+from ..models import BoTNet, create_model
+from ..models.freeze import MAX_TRAINABLE_LAYERS, freeze_stages
+from ..models.transfer import (
+    load_backbone_weights,
+    load_initial_checkpoint,
+    read_weights_source,
+)
 from ..runtime.checks import choice, fraction, nonneg_float, positive_int
 from ..runtime.console import Progress
 from ..runtime.console import say
@@ -35,6 +41,7 @@ from .bad_images import BadImageLog
 from .data import DATASETS, BatchedLoader, EpochSampler, ImageData, build_data, scan_data
 from .shards import ShardDataset, shard_loader
 from .evaluate import EvalResult, evaluate
+from .subset import train_subset
 
 __all__ = ["TrainConfig", "ClassificationTrainer", "train"]
 
@@ -109,11 +116,22 @@ class TrainConfig(RunConfig):
                              "augmentation; not for digits)", group="recipe")
     channels_last: bool | None = setting(None, "channels_last memory format (default: on CUDA only)")
     sync_bn: bool = setting(False, "SyncBatchNorm under torchrun (CUDA only)")
+    initial_checkpoint: str | None = setting(
+        None, "start from FILE, a botnet checkpoint or run directory (timm's name): every tensor whose shape fits, "
+        "position tables interpolated, the classifier re-initialised when the class count differs",
+        group="fine-tuning")
+    train_fraction: float = setting(1.0, "train on this stratified share of the training split (fixed by --seed)",
+                                    fraction(0, 1, low_open=True, high_open=False), group="data and model")
 
     def validate(self) -> None:
         super().validate()
         if self.scan_images and self.dataset != "folder":
             raise ValueError(f"--scan-images is for --dataset folder, not {self.dataset}")
+        if self.train_fraction < 1 and self.dataset == "wds":
+            raise ValueError("--train-fraction takes a share of a map-style dataset; streamed shards have none "
+                             "(pack the share you want, or use --epoch-size)")
+        if self.initial_checkpoint is not None and self.weights_backbone is not None:
+            raise ValueError("--initial-checkpoint and --weights-backbone both give the starting weights; give one")
         if self.tta_flip and self.dataset == "digits":
             raise ValueError("--tta-flip mirrors images, which changes what a digit is; not for --dataset digits")
 
@@ -154,6 +172,11 @@ class ClassificationTrainer(Trainer):
             epoch_size=config.epoch_size, rank=info.rank, world_size=info.world_size, batch_size=config.batch_size,
             num_classes=config.num_classes, val_data_dir=config.val_data_dir,
         )
+        if config.train_fraction < 1:
+            self.data.train = train_subset(self.data.train, config.train_fraction, config.seed)
+            self.data.info = self.data.info | {"train_fraction": config.train_fraction,
+                                               "train_images": len(self.data.train),
+                                               "train_size": len(self.data.train)}
         if config.scan_images:  # each process decodes its share; every process drops every bad file
             scan_data(self.data, config.bad_images, config.workers, info.rank, info.world_size,
                       gather=lambda found: all_gather_objects(found, info))
@@ -204,6 +227,7 @@ class ClassificationTrainer(Trainer):
             config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans, drop_rate=config.drop_rate,
             **config.model_kwargs,
         )
+        self.start_from_weights(model)
         if config.sync_bn and info.enabled:
             if self.device.type != "cuda":
                 raise ValueError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on CPU")
@@ -213,6 +237,25 @@ class ClassificationTrainer(Trainer):
         self.model = model.to(self.device, memory_format=memory_format)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.mixing = _mixing(config, self.data.num_classes)
+
+    def start_from_weights(self, model: BoTNet) -> None:
+        """``--initial-checkpoint`` or ``--weights-backbone`` (read once: never again on resume), then
+        ``--trainable-layers``.
+
+        Frozen stages stay in eval mode (:func:`botnet.models.freeze.freeze_stages`):
+        their BatchNorm keeps the loaded statistics, as detection's frozen BN does.
+        """
+        config = self.config
+        path = config.initial_checkpoint or config.weights_backbone
+        if path is not None and not self.resuming:
+            source = read_weights_source(path)
+            if config.initial_checkpoint is not None:
+                report, flag = load_initial_checkpoint(model, source), "--initial-checkpoint"
+            else:
+                report, flag = load_backbone_weights(model, source), "--weights-backbone"
+            self.initial_weights = {"option": flag, **report.to_dict()}
+        if config.trainable_layers is not None and config.trainable_layers < MAX_TRAINABLE_LAYERS:
+            freeze_stages(model, config.trainable_layers, eval_mode=True)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         net = super().wrap(model)
@@ -318,6 +361,9 @@ class ClassificationTrainer(Trainer):
             f"{info.world_size} process(es) on {self.device}, batch {config.batch_size}x{info.world_size}, "
             f"{config.epochs} epochs -> {self.run.path}"
         )
+        if self.initial_weights:  # also in config.json, with every tensor's fate
+            start = self.initial_weights
+            lines.append(f"{start['option']} {start['source']}: {start['summary']}")
         return "\n".join(lines)
 
     def epoch_line(self, record: dict[str, Any]) -> str:

@@ -23,6 +23,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ..checkpoint import model_meta
 from ..layers.blocks import BoTBlock
 from ..models import BoTNet, create_model
+from ..models.freeze import freeze_stages, frozen_prefixes
+from ..models.transfer import WeightsSource, load_backbone_weights, read_weights_source
 from ..models.weights import LoadReport, load_resnet_weights
 
 __all__ = ["BoTNetFPN", "botnet_fpn_backbone", "freeze_batchnorm", "NORM_LAYERS"]
@@ -33,8 +35,6 @@ NORM_LAYERS: dict[str, type[nn.Module]] = {
     "syncbn": nn.SyncBatchNorm,
 }
 
-# torchvision's order: the first k names are trained with trainable_layers=k.
-_TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
 def freeze_batchnorm(module: nn.Module, keep: tuple[type[nn.Module], ...] = ()) -> nn.Module:
@@ -102,7 +102,7 @@ class BoTNetFPN(BackboneWithFPN):
             extra_blocks=extra_blocks, norm_layer=fpn_norm_layer,
         )
         self.body_meta = model_meta(model)
-        self.load_report: LoadReport | None = None  # set when started from ResNet weights
+        self.load_report: LoadReport | None = None  # set when started from weights
         self.featmap_names = [str(v) for v in range(len(returned_layers))]
         strides = [int(f["reduction"]) for f in info]
         # LastLevelMaxPool (torchvision's default extra level) halves the last map once;
@@ -116,6 +116,17 @@ class BoTNetFPN(BackboneWithFPN):
                 "give it an `extra_strides` attribute (list of ints)"
             )
         self.strides = tuple(strides + list(extra_strides))
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's parameter groups of the body (:meth:`botnet.BoTNet.group_matcher` under ``body.``).
+
+        torchvision's ``IntermediateLayerGetter`` keeps the BoTNet's module
+        names but not its class, so the matcher is given here; the FPN
+        matches neither group and ranks with the heads (per-stage learning
+        rates, ``--layer-decay``).
+        """
+        return {"stem": r"^body\.conv1|^body\.bn1",
+                "blocks": r"^body\.layer(\d+)" if coarse else r"^body\.layer(\d+)\.(\d+)"}
 
 
 def _resolve_norm(norm_layer: Callable[..., nn.Module] | str | None, pretrained: bool) -> type[nn.Module]:
@@ -135,7 +146,7 @@ def _resolve_norm(norm_layer: Callable[..., nn.Module] | str | None, pretrained:
 def botnet_fpn_backbone(
     name: str | BoTNet = "botnet50",
     *,
-    weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
+    weights: str | os.PathLike[str] | Mapping[str, Tensor] | WeightsSource | None = None,
     trainable_layers: int | None = None,
     norm_layer: Callable[..., nn.Module] | str | None = None,
     returned_layers: Sequence[int] = (1, 2, 3, 4),
@@ -148,14 +159,21 @@ def botnet_fpn_backbone(
     Mirrors torchvision's ``resnet_fpn_backbone``. With ``weights`` (a
     ResNet-50 state dict, or a path to one) the convolutional stages start
     from it (:func:`botnet.load_resnet_weights`; BoT blocks keep their
-    initialisation) and, as in torchvision, BN is frozen and only the last 3
+    initialisation); with a botnet classification checkpoint or run
+    directory, the whole backbone does (the paper's pretrain-then-detect
+    chain). As in torchvision, BN is then frozen and only the last 3
     stages train by default. Without weights everything trains, with
     ordinary BatchNorm (from scratch, as in the paper's longer schedules).
 
     Args:
         name: any registered model (:func:`botnet.list_models`), or a built
             :class:`~botnet.BoTNet` (then no ``model_kwargs``).
-        weights: ResNet state dict or file (.pth / .pt / .safetensors).
+        weights: a ResNet-50 state dict or file (.pth / .pt / .safetensors):
+            the convolutional parts; or a botnet classification checkpoint
+            file or run directory (or its :class:`~botnet.models.transfer.WeightsSource`):
+            every backbone tensor, BoT blocks and position tables included,
+            tables interpolated to this model's reference size where it
+            differs (:func:`~botnet.models.transfer.load_backbone_weights`).
         trainable_layers: 0-5 stages trained, counted from layer4 back to the
             stem (torchvision's rule). Default: 3 with weights, else 5.
         norm_layer: ``FrozenBatchNorm2d``, ``nn.BatchNorm2d``,
@@ -177,8 +195,7 @@ def botnet_fpn_backbone(
     pretrained = weights is not None
     if trainable_layers is None:
         trainable_layers = 3 if pretrained else 5
-    if not 0 <= trainable_layers <= 5:
-        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    frozen_prefixes(trainable_layers)  # checks the range
     if not pretrained and trainable_layers < 5:
         warnings.warn(
             f"trainable_layers={trainable_layers} without backbone weights freezes randomly initialised "
@@ -194,8 +211,12 @@ def botnet_fpn_backbone(
     else:
         model = create_model(name, num_classes=0, **model_kwargs)
     report: LoadReport | None = None
-    if weights is not None:
-        report = load_resnet_weights(model, weights)  # raises when no tensor fits
+    if isinstance(weights, (str, os.PathLike)):
+        weights = read_weights_source(weights)
+    if isinstance(weights, WeightsSource):
+        report = load_backbone_weights(model, weights)  # raises when no tensor fits
+    elif weights is not None:
+        report = load_resnet_weights(model, weights)
     if norm is FrozenBatchNorm2d:
         # BoT blocks get nothing from a ResNet: freezing their BN would fix it at its
         # initialisation, and the zero-initialised last BN would cut the attention branch off
@@ -205,10 +226,7 @@ def botnet_fpn_backbone(
     elif norm is nn.SyncBatchNorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    layers_to_train = list(_TRAINABLE_ORDER[:trainable_layers]) + (["bn1"] if trainable_layers == 5 else [])
-    for param_name, param in model.named_parameters():
-        if not param_name.startswith(tuple(layers_to_train)):
-            param.requires_grad_(False)
+    freeze_stages(model, trainable_layers)
 
     backbone = BoTNetFPN(model, returned_layers, out_channels, extra_blocks)
     backbone.load_report = report

@@ -17,6 +17,7 @@ download.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ..runtime.checks import choice, fraction, nonneg_int, positive_float, positive_int
+from ..models import create_model
+from ..models.transfer import WeightsSource, load_backbone_weights, read_weights_source
+from ..runtime.checks import choice, fraction, positive_float, positive_int
 from ..runtime.console import Progress, say
 from ..runtime.distributed import barrier, broadcast_object, unwrap
 from ..training.config import RunConfig, redefault, setting
@@ -39,13 +42,6 @@ __all__ = ["TrainConfig", "DetectionTrainer", "detection_step", "train", "check_
 SMALL_IMAGES = 256
 # Refuse sizes whose c5 attention logits alone would need more than this per image (fp32).
 MAX_ATTENTION_BYTES = 16 * 2**30
-
-
-def _trainable_layers(value: Any) -> int:
-    number = nonneg_int(value)
-    if number > 5:
-        raise ValueError(f"must be in 0..5 (stages trained, from layer4 back to the stem), got {value!r}")
-    return number
 
 
 def _returned_layer(value: Any) -> int:
@@ -84,10 +80,6 @@ class TrainConfig(RunConfig):
 
     arch: str = setting("maskrcnn", "detector", choice("maskrcnn", "fasterrcnn"), group="model")
     backbone: str = setting("botnet50", "registered model used as backbone", group="model")
-    weights_backbone: str | None = setting(None, "ResNet-50 state dict (.pth/.safetensors) for the conv stages",
-                                           group="model")
-    trainable_layers: int | None = setting(None, "backbone stages trained, 0-5 (default 3 with --weights-backbone, "
-                                           "else 5)", _trainable_layers, group="model")
     norm: str | None = setting(None, "backbone BN: frozen, bn or syncbn (default frozen with --weights-backbone, "
                                "else bn)", choice("frozen", "bn", "syncbn"), group="model")
     returned_layers: list[int] = setting([1, 2, 3, 4], "stages fed to the FPN", _returned_layer, nargs="+",
@@ -171,6 +163,8 @@ class DetectionTrainer(Trainer):
         except ImportError as err:
             raise ValueError(str(err)) from None
         config, info = self.config, self.dist
+        # Bad weights stop the run before anything is written (the synthetic data go into the run directory).
+        self.weights_source = self._check_weights() if config.weights_backbone and not self.resuming else None
         synthetic = config.data == "synthetic"
         self.data_root = Path(self.run.path) / "synthetic" if synthetic else Path(config.data)
         if synthetic and info.is_main and not split_paths(self.data_root, "val")[1].is_file():
@@ -194,11 +188,16 @@ class DetectionTrainer(Trainer):
         self.iou_types = ["bbox", "segm"] if with_masks else ["bbox"]
 
         self.description = self._description()
-        model = build_from_config(self.description, weights_backbone=config.weights_backbone).to(self.device)
+        with warnings.catch_warnings():
+            if self.resuming:  # the weights come from the checkpoint; the backbone weights are not read again
+                warnings.filterwarnings("ignore", message="trainable_layers=")
+            model = build_from_config(self.description, weights_backbone=self.weights_source).to(self.device)
         sizes = self.description.detector_kwargs
         check_attention_size(model.backbone.body_meta["spec"], sizes["min_size"], sizes["max_size"])
         self.model = model
         self.load_report = model.backbone.load_report
+        if self.load_report is not None:
+            self.initial_weights = {"option": "--weights-backbone", **self.load_report.to_dict()}
 
         # The order is a function of (seed, epoch) only, in 1 or N processes alike.
         self.sampler = DistributedSampler(self.train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -214,6 +213,13 @@ class DetectionTrainer(Trainer):
             shard = Subset(self.val_set, range(info.rank, len(self.val_set), info.world_size))  # no duplicates
             self.val_loader = DataLoader(shard, batch_size=config.batch_size, num_workers=config.workers,
                                          collate_fn=collate, pin_memory=pin)
+
+    def _check_weights(self) -> WeightsSource:
+        """``--weights-backbone`` read, and matched against a bare backbone (raises if nothing fits)."""
+        source = read_weights_source(self.config.weights_backbone)
+        kwargs = {"ref_img_size": self.config.ref_img_size} if self.config.ref_img_size else {}
+        load_backbone_weights(create_model(self.config.backbone, num_classes=0, **kwargs), source)
+        return source
 
     def _description(self) -> DetectorConfig:
         """The detector's architecture (saved with its weights) from the settings and the data's image sizes."""
@@ -305,7 +311,7 @@ class DetectionTrainer(Trainer):
             f"per epoch, lr {self.peak_lr():.3g}, {config.epochs} epochs -> {self.run.path}"
         ]
         if self.load_report is not None:
-            lines.append(f"backbone weights from {config.weights_backbone}: {self.load_report.summary()}")
+            lines.append(f"backbone weights from {self.load_report.source}: {self.load_report.summary()}")
         return "\n".join(lines)
 
     def epoch_line(self, record: dict[str, Any]) -> str:

@@ -25,14 +25,48 @@ class LoadReport:
         loaded: model keys filled from the source.
         skipped: source keys not used, with the reason.
         missing: model keys left at their initial values.
+        resized: position tables interpolated to this model's length, with both shapes.
+        adapted: tensors fitted to this model (the first convolution's input channels), and how.
+        source, kind: the file read, and "botnet" (a described checkpoint) or "state dict".
+        note: anything else worth saying (a checkpoint of another registered model).
     """
 
     loaded: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    resized: dict[str, str] = field(default_factory=dict)
+    adapted: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+    kind: str | None = None
+    note: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether some model tensors kept their initial values."""
+        return bool(self.missing)
 
     def summary(self) -> str:
-        return f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, left {len(self.missing)} at init"
+        """One line: counts, then the resized / adapted tensors and the reasons for skips."""
+        text = f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, left {len(self.missing)} at init"
+        if self.missing:
+            text += " (partial match)"
+        if self.note:
+            text += f"; {self.note}"
+        if self.resized:
+            text += f"; {len(self.resized)} position tables interpolated ({next(iter(self.resized.values()))}, ...)"
+        text += "".join(f"; {key}: {what}" for key, what in self.adapted.items())
+        reasons: dict[str, int] = {}
+        for why in self.skipped.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        if reasons:
+            text += "; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda x: -x[1]))
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form written to a run's ``config.json`` (``initial_weights``)."""
+        return {"source": self.source, "kind": self.kind, "summary": self.summary(), "partial": self.partial,
+                "loaded": self.loaded, "skipped": self.skipped, "missing": self.missing, "resized": self.resized,
+                "adapted": self.adapted, "note": self.note}
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -121,32 +155,17 @@ def load_resnet_weights(
         state = read_state_dict(source)
     else:
         state = _unwrap_state_dict(source, "the given source")
-    attention_prefixes = tuple(
-        f"{name}." for name, module in model.named_modules() if isinstance(module, BoTBlock)
+    from .transfer import transfer_state
+
+    exclude = {f"{name}.": "inside an attention (BoT) block"
+               for name, module in model.named_modules() if isinstance(module, BoTBlock)}
+    if not include_classifier:
+        exclude["fc."] = "classifier (include_classifier=False)"
+    report = transfer_state(
+        model, state, exclude=exclude, source=repr(os.fspath(source)) if isinstance(source, (str, os.PathLike))
+        else "the given source",
+        hint="expected a torchvision/timm ResNet state dict with keys like 'conv1.weight', 'layer1.0.conv1.weight'",
     )
-    target = model.state_dict()
-    report = LoadReport()
-    to_load: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key not in target:
-            report.skipped[key] = "not in model"
-        elif key.startswith(attention_prefixes):
-            report.skipped[key] = "inside an attention (BoT) block"
-        elif key.startswith("fc.") and not include_classifier:
-            report.skipped[key] = "classifier (include_classifier=False)"
-        elif target[key].shape != value.shape:
-            report.skipped[key] = f"shape {tuple(value.shape)} != model's {tuple(target[key].shape)}"
-        else:
-            to_load[key] = value
-    if not to_load:
-        reasons = sorted(set(report.skipped.values()))
-        raise ValueError(
-            f"no tensor of the source fits the model ({len(state)} source tensors; reasons: {reasons}); "
-            "expected a torchvision/timm ResNet state dict with keys like 'conv1.weight', 'layer1.0.conv1.weight'"
-        )
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = sorted(to_load)
-    report.missing = sorted(set(target) - set(to_load))
     if verbose:
         print(report.summary())
     return report

@@ -199,6 +199,13 @@ def _type_check(kind: Any) -> Check | None:
     return None
 
 
+def _trainable_layers(value: Any) -> int:
+    number = nonneg_int(value)
+    if number > 5:
+        raise ValueError(f"must be in 0..5 (stages trained, from layer4 back to the stem), got {value!r}")
+    return number
+
+
 @dataclass
 class RunConfig:
     """Settings every trainer shares. Task configs subclass this with their own fields and defaults.
@@ -238,6 +245,19 @@ class RunConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     out: str | None = setting(None, "run directory (default runs/TASK-MODEL-TIME)")
     progress: bool = setting(True, "progress bar (off: --no-progress)")
+    # Starting from weights (docs/TRAINING.md, "Fine-tuning"); read once, never again on --resume.
+    weights_backbone: str | None = setting(
+        None, "start the backbone from FILE: a ResNet-50 state dict (torchvision or timm .pth / .safetensors: the "
+        "conv stages) or a botnet checkpoint or run directory (every backbone tensor, BoT blocks and position "
+        "tables included); never the classifier", group="fine-tuning")
+    trainable_layers: int | None = setting(
+        None, "backbone stages trained, 0-5, counted from layer4 back to the stem; the others are frozen "
+        "(default: train: 5; detect train: 3 with --weights-backbone, else 5)", _trainable_layers,
+        group="fine-tuning")
+    layer_decay: float | None = setting(
+        None, "per-stage learning-rate decay (timm's): the head trains at --lr, layer4 at lr x F, layer3 at "
+        "lr x F^2, ... the stem at lr x F^5 (default: off)", fraction(0, 1, low_open=True, high_open=False),
+        group="fine-tuning")
 
     # Settings that may change when resuming; anything else must stay as the run began.
     RESUMABLE: typing.ClassVar[tuple[str, ...]] = ("epochs", "workers", "device", "progress")

@@ -101,6 +101,7 @@ class Trainer:
             config = dataclasses.replace(config, **overrides)
         config.validate()
         self.config = config
+        self.resuming = checkpoint is not None  # then the initial weights are not read again
         self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         if config.out is not None:
             check_out_dir(config.out)  # before the process group, data or model: a typo costs nothing
@@ -165,7 +166,8 @@ class Trainer:
         if self.amp_dtype is torch.float16 and self.device.type == "cpu":
             say("[yellow]note[/]: float16 autocast on a CPU is emulated and slow; bfloat16 is not", info.is_main)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        self.optimizer = create_optimizer(self.model, config.opt, self.peak_lr(), config.weight_decay, config.momentum)
+        self.optimizer = create_optimizer(self.model, config.opt, self.peak_lr(), config.weight_decay, config.momentum,
+                                          config.layer_decay)
         steps = self.steps_per_epoch
         milestones = config.decay_milestones
         if milestones is None:
@@ -215,6 +217,9 @@ class Trainer:
     loader_generator: torch.Generator  # seeds the epoch's augmentation and loader workers
     steps_per_epoch: int
     ema: Any = None  # an AveragedModel of the weights, updated after every step, when a task keeps one
+    # What the run started from (LoadReport.to_dict()), when it started from weights; kept in every
+    # checkpoint so config.json still says it after a resume.
+    initial_weights: dict[str, Any] | None = None
 
     def build(self) -> None:
         """Build data, loaders and ``self.model``; set ``train_loader``, ``sampler``,
@@ -296,6 +301,7 @@ class Trainer:
         self.history = list(checkpoint["history"])
         self.best_score = float(checkpoint.get("best_score", checkpoint.get("best_acc", -float("inf"))))
         self.best_epoch = int(checkpoint["best_epoch"])
+        self.initial_weights = checkpoint.get("initial_weights")
         states = checkpoint["rng"]
         if self.dist.rank >= len(states) or len(states) != self.dist.world_size:
             raise ValueError(
@@ -324,6 +330,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "rng": rng,
             "config": dataclasses.asdict(self.config),
+            "initial_weights": self.initial_weights,
             **self.extra_state(),
         }
 
@@ -348,6 +355,7 @@ class Trainer:
             "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed_from_epoch": self.start_epoch or None,
+            "initial_weights": self.initial_weights,
         }
 
     # ------------------------------------------------------------------ the loop
