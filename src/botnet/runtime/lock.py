@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_NAME", "DirectoryBusy", "DirectoryLock", "describe_holder", "holder_of"]
+__all__ = ["LOCK_NAME", "DirectoryBusy", "DirectoryLock", "check_free", "describe_holder", "holder_of"]
 
 LOCK_NAME = "run.lock"
 
@@ -109,10 +109,7 @@ class DirectoryLock:
                 os.close(fd)
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
-                raise DirectoryBusy(
-                    f"{str(self.directory)!r} is in use by another run: {describe_holder(_read(self.path))}; wait "
-                    "for it to end or choose another directory"
-                ) from None
+                raise _busy(self.directory, describe_holder(_read(self.path))) from None
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:
@@ -144,6 +141,18 @@ class DirectoryLock:
             pass
         os.close(self.fd)
         self.fd = None
+
+
+def _busy(directory: Path, holder: str) -> DirectoryBusy:
+    return DirectoryBusy(f"{str(directory)!r} is in use by another run: {holder}; wait for it to end or choose "
+                         "another directory")
+
+
+def check_free(directory: str | os.PathLike[str]) -> None:
+    """Raise :class:`DirectoryBusy` if a live process holds ``directory`` (for readers that write nothing)."""
+    holder = holder_of(directory)
+    if holder is not None:
+        raise _busy(Path(directory), holder)
 
 
 def holder_of(directory: str | os.PathLike[str]) -> str | None:

@@ -64,6 +64,7 @@ from ..runtime.device import resolve_device
 from ..runtime.distributed import (DistInfo, PeerFailed, all_gather_objects, barrier, broadcast_object, cleanup,
                                    init_distributed, unwrap)
 from ..runtime.interrupts import Interrupted, signal_name
+from ..runtime.lock import check_free
 from ..runtime.store import WriteError, write_safetensors
 from .config import RunConfig, check_value
 from .engine import EpochResult, train_one_epoch
@@ -125,6 +126,7 @@ class Trainer:
             self.run = resume_run
             self.saved_epochs = int(checkpoint["config"].get("epochs", config.epochs))
             if int(checkpoint["epoch"]) >= config.epochs:  # nothing left to train: see fit()
+                check_free(resume_run.path)  # unless another process is extending it right now
                 self.finished = True
                 self.checkpoint = checkpoint
                 return
@@ -465,6 +467,8 @@ class Trainer:
             self.run.write_config(self._config_payload())
             if self.start_epoch:
                 self.run.write_metrics(self.history)  # exactly the epochs of last.pt
+        if self.run.took_over:
+            say(f"[yellow]note[/]: {self.run.took_over}", main)
         for name in self.removed_temporaries:
             say(f"[yellow]removed[/] {name}: an unfinished write of an interrupted run", main)
         say(self.describe() + (f" (resuming after epoch {self.start_epoch})" if self.start_epoch else ""), main)

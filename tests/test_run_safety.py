@@ -1,0 +1,538 @@
+"""Nothing lost, nothing cryptic (issue 26, items 1-4): one run per directory, what --resume does,
+failed writes, SIGINT / SIGTERM.
+
+Every case checks what the user sees (exit status, one stderr line, no traceback) and what is left
+on disk (one run, no temporary file, no stale lock, the last committed set loadable, exact resume).
+The full-disk cases use a real tmpfs where this process may mount one (root); where it may not,
+they skip, and the simulated cases (the OS errors a library raises or hides) still run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import botnet
+from botnet.cli import main
+from botnet.runtime import interrupts
+from botnet.runtime.lock import LOCK_NAME, DirectoryLock
+from botnet.runtime.store import (MANIFEST, WriteError, atomic_write, load_checkpoint, read_manifest,
+                                  read_safetensors, save_checkpoint, write_file_set, write_safetensors)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# The fastest real run: digits at 8x8, botnet_mini, ~1-2 s per epoch on one thread.
+RECIPE = ["--img-size", "8", "--batch-size", "128", "--no-progress"]
+KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    env["OMP_NUM_THREADS"] = "1"  # same thread count in every process: bit-identical CPU results
+    return env
+
+
+def _botnet(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "botnet", *argv]
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code)
+
+
+def _one_line(err: str) -> str:
+    """The single stderr line (asserts there is exactly one and no traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _temporaries(directory: Path) -> list[str]:
+    return [p.name for p in directory.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _consistent(run: Path) -> int | None:
+    """One run, no temporary file, no lock left; last.pt, last.safetensors, metrics.jsonl and the manifest
+    describe one epoch (returned; None if none was committed)."""
+    assert not _temporaries(run), _temporaries(run)
+    assert not (run / LOCK_NAME).exists()
+    manifest = read_manifest(run)
+    if manifest is None:
+        assert not (run / "last.pt").exists()
+        return None
+    epoch = manifest["epoch"]
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == epoch and [r["epoch"] for r in _metrics(run)] == list(range(1, epoch + 1))
+    weights, _ = read_safetensors(run / "last.safetensors")
+    assert all(torch.equal(weights[k], v) for k, v in last["model"].items())
+    assert load_checkpoint(run / "best.pt")["epoch"] == last["best_epoch"]
+    return epoch
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch run (a subprocess, one thread: what killed and resumed runs must equal)."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    subprocess.run(_botnet("train", *RECIPE, "--epochs", "3", "--out", str(run)), check=True, capture_output=True,
+                   env=_env())
+    return run
+
+
+# --------------------------------------------------------------------------- 1. one run per directory
+
+
+class _Holder:
+    """Another process holding a directory's lock the way a run does (flock + its record), without torch."""
+
+    SCRIPT = (
+        "import fcntl, json, os, socket, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), "
+        "'command': 'botnet train --out elsewhere'}).encode())\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen([sys.executable, "-c", self.SCRIPT, str(directory / LOCK_NAME)],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline().strip() == "locked"
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+LOCK_CASES = {
+    "a new run into a busy --out": lambda run: ["train", *RECIPE, "--epochs", "1", "--out", str(run)],
+    "a resume of a busy run": lambda run: ["train", "--resume", str(run)],
+    "a resume of a busy run's last.pt": lambda run: ["train", "--resume", str(run / "last.pt")],
+}
+
+
+@pytest.mark.parametrize("case", list(LOCK_CASES))
+def test_a_busy_run_directory_is_refused_naming_its_holder(case, reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    holder = _Holder(run)
+    try:
+        code = _run(LOCK_CASES[case](run))
+        line = _one_line(capsys.readouterr().err)
+        assert code == 2, line
+        assert line.startswith(f"botnet train: error: {str(run)!r} is in use by another run: "
+                               f"pid {holder.process.pid} on host "), line
+        assert "botnet train --out elsewhere" in line
+        # Nothing of the directory changed, and the holder's lock file still names the holder.
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME} == before
+        assert json.loads((run / LOCK_NAME).read_text())["pid"] == holder.process.pid
+    finally:
+        holder.stop()
+    (run / LOCK_NAME).unlink()  # the killed holder's (a real run removes its own)
+    assert _consistent(run) == 3
+
+
+def test_a_stale_lock_is_taken_over_and_reported(tmp_path, capsys):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).write_text(json.dumps({"pid": gone.pid, "host": os.uname().nodename}))
+    assert _run(["train", *RECIPE, "--epochs", "1", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"took over the lock of {str(run)!r} left by pid {gone.pid}" in out and "that process is gone" in out
+    assert _consistent(run) == 1
+
+
+def test_the_lock_is_one_writer_at_a_time_and_leaves_no_file(tmp_path):
+    first, second = DirectoryLock(tmp_path), DirectoryLock(tmp_path)
+    first.acquire()
+    with pytest.raises(ValueError, match=f"pid {os.getpid()}"):
+        second.acquire()  # a second open file description: flock refuses it even in one process
+    first.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+    second.acquire()
+    assert second.took_over is None  # released properly: nothing stale to report
+    second.release()
+
+
+# --------------------------------------------------------------------------- 2. what --resume does
+
+
+def _photos(root: Path) -> Path:
+    from PIL import Image
+
+    folder = root / "photos"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 90, 30, 30)).save(folder / f"img{i}.png")
+    return folder
+
+
+RESUME_REFUSALS = {
+    # case: (argv from (run, root), exit status, expected line start / piece)
+    "--out elsewhere": (lambda run, root: ["train", "--resume", str(run), "--out", str(root / "other")], 2,
+                        "a resumed run continues in its own directory"),
+    "an empty folder": (lambda run, root: ["train", "--resume", str(root / "empty")], 2,
+                        "is not a run directory: it is empty"),
+    "a folder of photos": (lambda run, root: ["train", "--resume", str(_photos(root))], 2,
+                           "is not a run directory (no config.json, manifest.json or last.pt in it)"),
+    "runs/ itself": (lambda run, root: ["train", "--resume", str(run.parent)], 2,
+                     "is not a run directory but a folder of runs"),
+    "a run that never finished an epoch": (lambda run, root: ["train", "--resume", str(root / "started")], 2,
+                                           "the run stopped before its first epoch ended"),
+    "detect train --resume of an empty folder": (lambda run, root: ["detect", "train", "--resume",
+                                                                    str(root / "empty")], 2,
+                                                 "is not a run directory: it is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_REFUSALS))
+def test_resume_refuses_in_one_line(case, reference, tmp_path, capsys):
+    root = tmp_path / "place"
+    runs = root / "runs"
+    runs.mkdir(parents=True)
+    run = runs / "run"
+    shutil.copytree(reference, run)
+    (root / "empty").mkdir()
+    (root / "started").mkdir()
+    (root / "started" / "config.json").write_text("{}")
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    make_argv, status, expected = RESUME_REFUSALS[case]
+    argv = make_argv(run, root)
+    code = _run(argv)
+    line = _one_line(capsys.readouterr().err)
+    assert code == status and expected in line, line
+    assert line.startswith(f"botnet {argv[0]}: error: "), line
+    if "photos" not in case:
+        assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before  # nothing created or written
+    assert _consistent(run) == 3
+
+
+def test_resuming_a_finished_run_says_so_and_writes_nothing(reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    final = _metrics(run)[-1]["val_acc"]
+    # The same directory spelled another way is not "elsewhere".
+    assert _run(["train", "--resume", str(run), "--out", str(tmp_path / "." / "run") + "/", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert not captured.err
+    line, summary = captured.out.splitlines()[0], json.loads(captured.out.splitlines()[-1])
+    assert line.startswith("already complete: best val top-1 ") and f"final {final:.4f}" in line, line
+    assert "nothing to train (--epochs 3, 3 done: give --epochs more than 3 to train on)" in line
+    assert summary["complete"] is True and summary["final_val_acc"] == final and summary["epochs"] == 3
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    # More --epochs extend it.
+    assert _run(["train", "--resume", str(run), "--epochs", "4"]) == 0
+    assert "resuming after epoch 3" in capsys.readouterr().out
+    assert _consistent(run) == 4
+
+
+# --------------------------------------------------------------------------- 3. failed writes
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A 2 MiB tmpfs (root only; skipped where this process may not mount), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()[:80]}); the simulated cases run")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> None:
+    """Use up every free byte of ``directory``'s file system."""
+    with open(directory / "filler", "wb", buffering=0) as handle:
+        for chunk in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    handle.write(bytes(chunk))
+            except OSError as err:
+                assert err.errno == errno.ENOSPC
+
+
+def _figure_writer(tmp: Path) -> None:
+    from botnet.visualize.style import save_figure
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    save_figure(fig, tmp)
+
+
+def _torchscript_writer(path: Path) -> None:
+    from botnet.export import export_torchscript
+
+    export_torchscript(botnet.create_model("botnet_tiny", num_classes=2), path, img_size=(32, 32))
+
+
+STATE = {"w": torch.arange(200_000, dtype=torch.float32)}
+FULL_DISK_WRITES = {
+    # case: (file name, write it) -- each library a run or a command writes with
+    "json (config.json)": ("config.json", lambda p: atomic_write(p, lambda tmp: tmp.write_text("{}" * 50_000))),
+    "torch.save (last.pt)": ("last.pt", lambda p: save_checkpoint(p, {"model": STATE})),
+    "safetensors (last.safetensors)": ("last.safetensors",
+                                       lambda p: atomic_write(p, lambda tmp: write_safetensors(tmp, STATE, {}))),
+    "PNG plot (curves.png)": ("curves.png", _figure_writer),
+    "torch.save to a path, whose error hides the OS's (best.pt)": (
+        "best.pt", lambda p: atomic_write(p, lambda tmp: torch.save({"model": STATE}, tmp))),
+    "torch.jit.save (botnet export --format torchscript)": ("model.torchscript.pt", _torchscript_writer),
+}
+
+
+@pytest.mark.parametrize("case", list(FULL_DISK_WRITES))
+def test_a_full_disk_is_one_line_with_the_path_and_the_reason(case, disk):
+    name, write = FULL_DISK_WRITES[case]
+    (disk / name).write_text("the previous version")
+    _fill(disk)
+    with pytest.raises(WriteError) as failure:
+        write(disk / name)
+    assert str(failure.value) == f"cannot write {str(disk / name)!r}: no space left on device"
+    assert failure.value.errno == errno.ENOSPC
+    assert (disk / name).read_text() == "the previous version" and not _temporaries(disk)
+
+
+def test_a_full_disk_keeps_the_previous_file_set(disk):
+    write_file_set(disk, {"last.pt": lambda tmp: torch.save({"epoch": 1}, tmp)}, {"epoch": 1})
+    _fill(disk)
+    with pytest.raises(WriteError, match="no space left on device"):
+        write_file_set(disk, {"last.pt": lambda tmp: torch.save({"epoch": 2, **STATE}, tmp),
+                              "metrics.jsonl": lambda tmp: tmp.write_text("{}\n")}, {"epoch": 2})
+    assert read_manifest(disk)["epoch"] == 1 and load_checkpoint(disk / "last.pt")["epoch"] == 1
+    assert not _temporaries(disk)
+
+
+def test_a_read_only_file_system(disk):
+    (disk / "config.json").write_text("{}")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    with pytest.raises(WriteError) as failure:
+        atomic_write(disk / "config.json", lambda tmp: tmp.write_text("{}"))
+    assert str(failure.value) == f"cannot write {str(disk / 'config.json')!r}: read-only file system"
+
+
+class SafetensorError(Exception):
+    """The shape of safetensors' Rust error (its class lives in a compiled module)."""
+
+
+def _library_failure(number: int):
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        try:
+            raise OSError(number, os.strerror(number))
+        except OSError as err:  # a library wrapping the OSError (torch's file-object writer does this)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534") from err
+    return write
+
+
+def _rust_failure(number: int):
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise SafetensorError(f"Error while serializing: I/O error: {os.strerror(number)} (os error {number})")
+    return write
+
+
+def _plain_failure(number: int):
+    def write(tmp: Path) -> None:
+        raise OSError(number, os.strerror(number))
+    return write
+
+
+SIMULATED = {
+    # case: (writer, expected reason) -- OS errors no tmpfs here can produce on demand
+    "EDQUOT from a library that chains it": (_library_failure(errno.EDQUOT), "disk quota exceeded"),
+    "EIO from safetensors' Rust writer": (_rust_failure(errno.EIO), "input/output error"),
+    "ENOSPC raised plainly": (_plain_failure(errno.ENOSPC), "no space left on device"),
+}
+
+
+@pytest.mark.parametrize("case", list(SIMULATED))
+def test_simulated_os_failures_are_one_line(case, tmp_path):
+    write, reason = SIMULATED[case]
+    target = tmp_path / "last.safetensors"
+    target.write_text("previous")
+    with pytest.raises(WriteError) as failure:
+        atomic_write(target, write)
+    assert str(failure.value) == f"cannot write {str(target)!r}: {reason}"
+    assert target.read_text() == "previous" and not _temporaries(tmp_path)
+
+
+def test_a_bug_in_a_writer_keeps_its_traceback(tmp_path):
+    def buggy(tmp: Path) -> None:
+        raise RuntimeError("not an OS failure")
+
+    with pytest.raises(RuntimeError, match="not an OS failure"):  # the probe write succeeds: not the disk
+        atomic_write(tmp_path / "x", buggy)
+    assert not _temporaries(tmp_path)
+
+
+def test_a_run_that_fills_its_disk_stops_in_one_line_and_resumes(reference, tmp_path, capsys):
+    # A tmpfs with room for the first epoch's files and not the second's (which are written beside them).
+    epoch_files = sum((reference / name).stat().st_size for name in
+                      ("best.pt", "best.safetensors", "last.pt", "last.safetensors"))
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    size = epoch_files + (256 << 10)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; the simulated cases run")
+    try:
+        run = mount / "run"
+        code = _run(["train", *RECIPE, "--epochs", "3", "--out", str(run)])
+        line = _one_line(capsys.readouterr().err)
+        assert code == 2, line
+        assert line.startswith(f"botnet train: error: cannot write '{run}/"), line
+        assert (f": no space left on device; epoch 1 of 3 is saved in {run}; free space or fix the disk, then "
+                f"resume with: botnet train --resume {run}") in line
+        assert _consistent(run) == 1
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+        assert _run(["train", "--resume", str(run)]) == 0
+        assert _consistent(run) == 3
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# --------------------------------------------------------------------------- 4. signals
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether ``pid`` has installed a SIGTERM handler (/proc's SigCgt mask): botnet's guard is in place."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+
+def _wait(process: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+SIGNAL_CASES = {
+    # case: (signal, the moment it is sent)
+    "SIGINT while importing": (signal.SIGINT, "import"),
+    "SIGTERM while importing": (signal.SIGTERM, "import"),
+    "SIGTERM before the first epoch is saved": (signal.SIGTERM, "locked"),
+    "SIGINT after an epoch is saved": (signal.SIGINT, "committed"),
+    "SIGTERM after an epoch is saved": (signal.SIGTERM, "committed"),
+}
+
+
+@pytest.mark.parametrize("case", list(SIGNAL_CASES))
+def test_a_signal_at_any_moment_is_one_line_and_resumes_exactly(case, reference, tmp_path):
+    signum, moment = SIGNAL_CASES[case]
+    run = tmp_path / "run"
+    process = subprocess.Popen(_botnet("train", *RECIPE, "--epochs", "3", "--out", str(run)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    if moment == "import":
+        _wait(process, lambda: _catches_sigterm(process.pid), "the signal guard")
+    elif moment == "locked":
+        _wait(process, lambda: (run / LOCK_NAME).exists(), "the run directory's lock")
+    else:
+        _wait(process, lambda: (run / MANIFEST).exists(), "the first commit")
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    line = _one_line(err)
+    assert process.returncode == 128 + signum, (process.returncode, line)
+    name = signal.Signals(signum).name
+    if moment == "import":
+        assert line == f"botnet: interrupted by {name} while starting; nothing was written"
+        assert not run.exists()
+        return
+    saved = _consistent(run) if run.exists() else None
+    if saved is None:
+        assert line == (f"botnet train: interrupted by {name}; no epoch was saved; run the same command again to "
+                        "start over"), line
+        return
+    assert line == (f"botnet train: interrupted by {name}; epoch {saved} of 3 is saved in {run}; resume with: "
+                    f"botnet train --resume {run}"), line
+    if signum == signal.SIGTERM:  # resume exactly to the uninterrupted run's metrics and weights
+        subprocess.run(_botnet("train", "--resume", str(run)), check=True, capture_output=True, env=_env())
+        assert _consistent(run) == 3
+        deterministic = [[{k: r[k] for k in KEYS} for r in _metrics(path)] for path in (run, reference)]
+        assert deterministic[0] == deterministic[1]
+        a, _ = read_safetensors(run / "last.safetensors")
+        b, _ = read_safetensors(reference / "last.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+@pytest.fixture
+def handlers():
+    with interrupts.installed():
+        yield
+
+
+def test_a_signal_while_a_file_set_is_written_cuts_the_write(handlers, tmp_path):
+    write_file_set(tmp_path, {"last.pt": lambda tmp: tmp.write_text("1")}, {"epoch": 1})
+
+    def killed_while_writing(tmp: Path) -> None:
+        tmp.write_text("half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises here, long before
+
+    with pytest.raises(interrupts.Interrupted):
+        write_file_set(tmp_path, {"last.pt": killed_while_writing}, {"epoch": 2})
+    assert (tmp_path / "last.pt").read_text() == "1" and read_manifest(tmp_path)["epoch"] == 1
+    assert not _temporaries(tmp_path)
+
+
+def test_a_signal_during_the_commit_waits_for_the_renames(handlers, tmp_path, monkeypatch):
+    write_file_set(tmp_path, {"a": lambda tmp: tmp.write_text("1"), "b": lambda tmp: tmp.write_text("1")},
+                   {"epoch": 1})
+    real_replace = os.replace
+
+    def signalled_replace(src, dst):
+        if Path(dst).name == "a":
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives between the commit and the renames
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", signalled_replace)
+    with pytest.raises(interrupts.Interrupted):
+        write_file_set(tmp_path, {"a": lambda tmp: tmp.write_text("2"), "b": lambda tmp: tmp.write_text("2")},
+                       {"epoch": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    manifest = read_manifest(tmp_path)
+    assert manifest["epoch"] == 2 and "pending" not in manifest  # the set was finished, then the stop
+    assert [(tmp_path / n).read_text() for n in "ab"] == ["2", "2"] and not _temporaries(tmp_path)
