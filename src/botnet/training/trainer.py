@@ -114,6 +114,7 @@ class Trainer:
         resume_run = None
         if resume is not None:
             resume_run, resume_path = RunDir.for_resume(resume)
+            self.run = resume_run  # from here on, a stop names what this directory holds
             checkpoint = resume_run.load_last(resume_path)
             config = self._resumed_config(checkpoint, resume_path, overrides)
         elif config is None:
@@ -331,7 +332,7 @@ class Trainer:
         if hasattr(self, "config") and self.config.epochs != getattr(self, "saved_epochs", self.config.epochs):
             extra = f" --epochs {self.config.epochs}"  # last.pt still holds the old number
         if getattr(self, "dist", None) is not None and self.dist.enabled:
-            return f"the same torchrun launch with {self.command.split(' ', 1)[1]} --resume {self.run.path}{extra}"
+            return f"torchrun <the same options> -m {self.command} --resume {self.run.path}{extra}"
         return f"{self.command} --resume {self.run.path}{extra}"
 
     def saved_state(self) -> str:
