@@ -26,8 +26,17 @@ import botnet
 from botnet.cli import main
 from botnet.runtime import interrupts
 from botnet.runtime.lock import LOCK_NAME, DirectoryLock
-from botnet.runtime.store import (MANIFEST, WriteError, atomic_write, load_checkpoint, read_manifest,
-                                  read_safetensors, save_checkpoint, write_file_set, write_safetensors)
+from botnet.runtime.store import (
+    MANIFEST,
+    WriteError,
+    atomic_write,
+    load_checkpoint,
+    read_manifest,
+    read_safetensors,
+    save_checkpoint,
+    write_file_set,
+    write_safetensors,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # The fastest real run: digits at 8x8, botnet_mini, ~1-2 s per epoch on one thread.
@@ -260,14 +269,23 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(reference, tmp_path,
 # --------------------------------------------------------------------------- 3. failed writes
 
 
+def _mount_tmpfs(mount: Path, size: int) -> Path:
+    """A tmpfs of ``size`` bytes at ``mount``, or the test skipped where this process may not mount one."""
+    mount.mkdir()
+    try:
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                                capture_output=True, text=True, check=False)
+    except OSError as err:  # no mount program
+        pytest.skip(f"cannot mount a tmpfs here ({err}); the simulated cases run")
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()[:80]}); the simulated cases run")
+    return mount
+
+
 @pytest.fixture
 def disk(tmp_path):
     """A 2 MiB tmpfs (root only; skipped where this process may not mount), unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()[:80]}); the simulated cases run")
+    mount = _mount_tmpfs(tmp_path / "disk", 2 << 20)
     try:
         yield mount
     finally:
@@ -286,9 +304,9 @@ def _fill(directory: Path) -> None:
 
 
 def _figure_writer(tmp: Path) -> None:
-    from botnet.visualize.style import save_figure
-
     import matplotlib
+
+    from botnet.visualize.style import save_figure
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -407,12 +425,7 @@ def test_a_run_that_fills_its_disk_stops_in_one_line_and_resumes(reference, tmp_
     # A tmpfs with room for the first epoch's files and not the second's (which are written beside them).
     epoch_files = sum((reference / name).stat().st_size for name in
                       ("best.pt", "best.safetensors", "last.pt", "last.safetensors"))
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    size = epoch_files + (256 << 10)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here; the simulated cases run")
+    mount = _mount_tmpfs(tmp_path / "disk", epoch_files + (256 << 10))
     try:
         run = mount / "run"
         code = _run(["train", *RECIPE, "--epochs", "3", "--out", str(run)])

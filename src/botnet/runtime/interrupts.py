@@ -152,7 +152,9 @@ def installed() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            if handler is None or handler is _exit_now:  # the start is over: "while starting" would be wrong
+                handler = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            signal.signal(signum, handler)
         _State.owner = None
 
 

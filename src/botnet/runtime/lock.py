@@ -39,6 +39,7 @@ from typing import Any
 __all__ = ["LOCK_NAME", "DirectoryBusy", "DirectoryLock", "check_free", "describe_holder", "holder_of"]
 
 LOCK_NAME = "run.lock"
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 class DirectoryBusy(ValueError):
@@ -99,7 +100,8 @@ class DirectoryLock:
         Raises:
             DirectoryBusy: another live process holds it.
 
-        Sets :attr:`took_over` to a one-line notice when a stale lock file was replaced.
+        Sets :attr:`took_over` to a one-line notice when a stale lock file was replaced, or when the
+        file system cannot lock at all (then the run goes on unlocked rather than not at all).
         """
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_umask())
@@ -107,6 +109,11 @@ class DirectoryLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 os.close(fd)
+                if err.errno in _UNSUPPORTED:  # e.g. an NFS mount without lock support: run, and say so
+                    self.path.unlink(missing_ok=True)
+                    self.took_over = (f"{str(self.directory)!r} cannot be locked on its file system "
+                                      f"({os.strerror(err.errno).lower()}); make sure no other run writes there")
+                    return
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
                 raise _busy(self.directory, describe_holder(_read(self.path))) from None
