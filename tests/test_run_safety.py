@@ -189,8 +189,22 @@ def test_the_lock_is_one_writer_at_a_time_and_leaves_no_file(tmp_path):
     first.release()
     assert not (tmp_path / LOCK_NAME).exists()
     second.acquire()
-    assert second.took_over is None  # released properly: nothing stale to report
+    assert second.notice is None  # released properly: nothing stale to report
     second.release()
+
+
+def test_a_file_system_without_flock_runs_unlocked_and_says_so(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = DirectoryLock(tmp_path)
+    lock.acquire()
+    assert "cannot be locked on its file system (no locks available)" in lock.notice
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 # --------------------------------------------------------------------------- 2. what --resume does

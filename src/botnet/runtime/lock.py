@@ -88,7 +88,7 @@ class DirectoryLock:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
         self.fd: int | None = None
-        self.took_over: str | None = None
+        self.notice: str | None = None
 
     @property
     def held(self) -> bool:
@@ -100,7 +100,7 @@ class DirectoryLock:
         Raises:
             DirectoryBusy: another live process holds it.
 
-        Sets :attr:`took_over` to a one-line notice when a stale lock file was replaced, or when the
+        Sets :attr:`notice` to a one-line notice when a stale lock file was replaced, or when the
         file system cannot lock at all (then the run goes on unlocked rather than not at all).
         """
         while True:
@@ -111,7 +111,7 @@ class DirectoryLock:
                 os.close(fd)
                 if err.errno in _UNSUPPORTED:  # e.g. an NFS mount without lock support: run, and say so
                     self.path.unlink(missing_ok=True)
-                    self.took_over = (f"{str(self.directory)!r} cannot be locked on its file system "
+                    self.notice = (f"{str(self.directory)!r} cannot be locked on its file system "
                                       f"({os.strerror(err.errno).lower()}); make sure no other run writes there")
                     return
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -131,7 +131,7 @@ class DirectoryLock:
                 state = "is gone" if not _alive(pid) else "no longer holds it"
             else:
                 state = "no longer holds it"
-            self.took_over = (f"took over the lock of {str(self.directory)!r} left by pid {pid} on host {host} "
+            self.notice = (f"took over the lock of {str(self.directory)!r} left by pid {pid} on host {host} "
                               f"(that process {state})")
         text = json.dumps(_holder_record()) + "\n"
         os.ftruncate(fd, 0)

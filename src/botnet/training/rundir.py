@@ -111,10 +111,10 @@ class RunDir:
             raise
 
     @property
-    def took_over(self) -> str | None:
-        """The notice of a stale lock taken over by :meth:`prepare`, if one was."""
+    def lock_notice(self) -> str | None:
+        """What :meth:`prepare` has to say about the lock (a stale one taken over, none possible), if anything."""
         lock = getattr(self, "lock", None)
-        return lock.took_over if lock is not None else None
+        return lock.notice if lock is not None else None
 
     def release(self) -> None:
         """Give up the directory's lock (the run ended, failed or was interrupted)."""

@@ -468,8 +468,8 @@ class Trainer:
             self.run.write_config(self._config_payload())
             if self.start_epoch:
                 self.run.write_metrics(self.history)  # exactly the epochs of last.pt
-        if self.run.took_over:
-            say(f"[yellow]note[/]: {self.run.took_over}", main)
+        if self.run.lock_notice:
+            say(f"[yellow]note[/]: {self.run.lock_notice}", main)
         for name in self.removed_temporaries:
             say(f"[yellow]removed[/] {name}: an unfinished write of an interrupted run", main)
         say(self.describe() + (f" (resuming after epoch {self.start_epoch})" if self.start_epoch else ""), main)
