@@ -82,9 +82,9 @@ def received() -> int | None:
 
 def _is_botnet_command() -> bool:
     """Whether this interpreter runs the ``botnet`` command (console script or ``python -m botnet``)."""
-    argv = list(getattr(sys, "orig_argv", sys.argv))
-    if argv and os.path.basename(argv[0]) == "botnet":
+    if sys.argv and os.path.basename(sys.argv[0]) == "botnet":  # the console script (argv[0] is its path)
         return True
+    argv = list(getattr(sys, "orig_argv", []))  # the interpreter's own options: python [-u] -m botnet ...
     return any(a == "-m" and b == "botnet" for a, b in itertools.pairwise(argv))
 
 
