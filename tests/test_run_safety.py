@@ -477,29 +477,46 @@ def _wait(process: subprocess.Popen, ready, what: str, timeout: float = 120) -> 
         time.sleep(0.005)
 
 
+def _image_folder(root: Path) -> list[str]:
+    """A tiny two-class image folder, read by DataLoader worker processes: the options that train on it."""
+    from PIL import Image
+
+    for index, name in enumerate(("dark", "light")):
+        (root / name).mkdir(parents=True)
+        for i in range(16):
+            Image.new("RGB", (16, 16), (40 + 160 * index, 10 * i, 30)).save(root / name / f"{i}.png")
+    return ["--dataset", "folder", "--data-dir", str(root), "--model", "resnet_mini", "--img-size", "16",
+            "--batch-size", "8", "--workers", "2", "--no-progress"]
+
+
 SIGNAL_CASES = {
-    # case: (signal, the moment it is sent)
-    "SIGINT while importing": (signal.SIGINT, "import"),
-    "SIGTERM while importing": (signal.SIGTERM, "import"),
-    "SIGTERM before the first epoch is saved": (signal.SIGTERM, "locked"),
-    "SIGINT after an epoch is saved": (signal.SIGINT, "committed"),
-    "SIGTERM after an epoch is saved": (signal.SIGTERM, "committed"),
+    # case: (signal, the moment it is sent, to the whole process group (a terminal's Ctrl-C, a scheduler))
+    "SIGINT while importing": (signal.SIGINT, "import", False),
+    "SIGTERM while importing": (signal.SIGTERM, "import", False),
+    "SIGTERM before the first epoch is saved": (signal.SIGTERM, "locked", False),
+    "SIGTERM after an epoch is saved": (signal.SIGTERM, "committed", False),
+    "Ctrl-C (the group, DataLoader workers too) after an epoch": (signal.SIGINT, "committed", True),
 }
 
 
 @pytest.mark.parametrize("case", list(SIGNAL_CASES))
 def test_a_signal_at_any_moment_is_one_line_and_resumes_exactly(case, reference, tmp_path):
-    signum, moment = SIGNAL_CASES[case]
+    signum, moment, group = SIGNAL_CASES[case]
     run = tmp_path / "run"
-    process = subprocess.Popen(_botnet("train", *RECIPE, "--epochs", "3", "--out", str(run)),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    options = _image_folder(tmp_path / "images") if group else RECIPE
+    process = subprocess.Popen(_botnet("train", *options, "--epochs", "3", "--out", str(run)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+                               start_new_session=group)
     if moment == "import":
         _wait(process, lambda: _catches_sigterm(process.pid), "the signal guard")
     elif moment == "locked":
         _wait(process, lambda: (run / LOCK_NAME).exists(), "the run directory's lock")
     else:
         _wait(process, lambda: (run / MANIFEST).exists(), "the first commit")
-    process.send_signal(signum)
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     _, err = process.communicate(timeout=120)
     line = _one_line(err)
     assert process.returncode == 128 + signum, (process.returncode, line)
@@ -515,7 +532,7 @@ def test_a_signal_at_any_moment_is_one_line_and_resumes_exactly(case, reference,
         return
     assert line == (f"botnet train: interrupted by {name}; epoch {saved} of 3 is saved in {run}; resume with: "
                     f"botnet train --resume {run}"), line
-    if signum == signal.SIGTERM:  # resume exactly to the uninterrupted run's metrics and weights
+    if not group:  # resume exactly to the uninterrupted run's metrics and weights
         subprocess.run(_botnet("train", "--resume", str(run)), check=True, capture_output=True, env=_env())
         assert _consistent(run) == 3
         deterministic = [[{k: r[k] for k in KEYS} for r in _metrics(path)] for path in (run, reference)]

@@ -22,8 +22,9 @@ Stages:
   and its temporary file removed, so a stop never waits on one.
 
 Only the process that installed the handlers raises: a forked child (a
-DataLoader worker) gets the default behaviour back, so it never prints the
-command's line. Library users who never call :func:`install` keep Python's
+DataLoader worker) ends quietly on SIGINT, as torch's worker loop expects,
+and leaves SIGTERM to the main process, which shuts its workers down as it
+unwinds; it never prints the command's line. Library users who never call :func:`install` keep Python's
 defaults; :func:`deferred` then does nothing.
 """
 
@@ -36,6 +37,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 __all__ = ["Interrupted", "deferred", "exit_code", "guard_start", "install", "installed", "received", "signal_name"]
 
@@ -64,6 +66,7 @@ class _State:
     repeats = 0
     defer_depth = 0
     pending: int | None = None
+    previous_hook: Any = None
 
 
 def signal_name(signum: int) -> str:
@@ -109,11 +112,12 @@ def guard_start() -> None:
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
-    if os.getpid() != _State.owner:  # a forked worker: behave as if nothing were installed
+    if os.getpid() != _State.owner:  # a forked DataLoader worker
         if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+            raise KeyboardInterrupt  # what torch's worker loop expects, and ends quietly on
+        # SIGTERM: a scheduler signals every process of the job. Dying here would make the main
+        # process's DataLoader report a killed worker (a traceback) while it stops; the main process
+        # shuts its workers down as it unwinds (and a worker whose parent is gone exits by itself).
         return
     if _State.received is not None:
         # Already stopping: the first signal's clean-up is under way (it takes moments). A second signal
@@ -130,13 +134,25 @@ def _raise(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def _unraisable(report: Any) -> None:
+    """After a stop signal, drop "Exception ignored in ... __del__" reports: they are the clean-up's noise
+    (a DataLoader that finds its workers ended by the same SIGTERM: torch's workers install their own C
+    handler for it), not a failure to report. Before a signal, Python's hook as usual."""
+    if _State.received is not None and os.getpid() == _State.owner:
+        return
+    (_State.previous_hook or sys.__unraisablehook__)(report)
+
+
 def install() -> None:
     """Make SIGINT and SIGTERM raise :class:`Interrupted` in this process's main thread."""
+    for signum in SIGNALS:
+        signal.signal(signum, _raise)
     _State.owner = os.getpid()
     _State.received = _State.pending = None
     _State.repeats = 0
-    for signum in SIGNALS:
-        signal.signal(signum, _raise)
+    if sys.unraisablehook is not _unraisable:
+        _State.previous_hook = sys.unraisablehook
+        sys.unraisablehook = _unraisable
 
 
 @contextmanager
@@ -156,6 +172,7 @@ def installed() -> Iterator[None]:
                 handler = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
             signal.signal(signum, handler)
         _State.owner = None
+        sys.unraisablehook = _State.previous_hook or sys.__unraisablehook__
 
 
 @contextmanager

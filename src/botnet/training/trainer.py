@@ -63,6 +63,7 @@ from ..runtime.console import Progress, say
 from ..runtime.device import resolve_device
 from ..runtime.distributed import (DistInfo, PeerFailed, all_gather_objects, barrier, broadcast_object, cleanup,
                                    init_distributed, unwrap)
+from ..runtime import interrupts
 from ..runtime.interrupts import Interrupted, signal_name
 from ..runtime.lock import check_free
 from ..runtime.store import WriteError, write_safetensors
@@ -105,8 +106,11 @@ class Trainer:
         self.finished = False
         try:
             self._init(config, resume, overrides)
-        except (Interrupted, WriteError) as err:
-            raise self._explained(err) from None
+        except BaseException as err:
+            explained = self._explained_stop(err)
+            if explained is err:
+                raise
+            raise explained from None
 
     def _init(self, config: RunConfig | None, resume: str | os.PathLike[str] | None,
               overrides: dict[str, Any]) -> None:
@@ -343,6 +347,16 @@ class Trainer:
         of = f" of {self.config.epochs}" if hasattr(self, "config") else ""
         return f"epoch {epoch}{of} is saved in {self.run.path}"
 
+    def _explained_stop(self, err: BaseException) -> BaseException:
+        """What to raise for ``err``: a stop (a signal, or a failure the signal caused, such as a DataLoader
+        worker it ended) or a failed write, explained; anything else as it is."""
+        signum = interrupts.received()
+        if signum is not None and isinstance(err, Exception):
+            err = Interrupted(signum)
+        if isinstance(err, (Interrupted, WriteError)):
+            return self._explained(err)
+        return err
+
     def _explained(self, err: Interrupted | WriteError) -> Interrupted | WriteError:
         """``err`` as one line that also says what is saved and how to go on."""
         saved = self.saved_state()
@@ -439,8 +453,11 @@ class Trainer:
             return self._complete()
         try:
             return self._fit()
-        except (Interrupted, WriteError) as err:
-            raise self._explained(err) from None
+        except BaseException as err:
+            explained = self._explained_stop(err)
+            if explained is err:
+                raise
+            raise explained from None
         finally:
             if self.dist.is_main and self.run is not None:
                 self.run.release()
