@@ -141,32 +141,57 @@ class _Holder:
 
 
 LOCK_CASES = {
-    "a new run into a busy --out": lambda run: ["train", *RECIPE, "--epochs", "1", "--out", str(run)],
-    "a resume of a busy run": lambda run: ["train", "--resume", str(run)],
-    "a resume of a busy run's last.pt": lambda run: ["train", "--resume", str(run / "last.pt")],
+    # case: (the directory holds a committed run, argv from the directory, the line after "botnet train: error: ")
+    "a new run into a busy --out": (True, lambda run: ["train", *RECIPE, "--epochs", "1", "--out", str(run)],
+                                    "{run!r} is in use by another run: pid {pid} on host "),
+    "a resume of a busy run": (True, lambda run: ["train", "--resume", str(run)],
+                               "{run!r} is in use by another run: pid {pid} on host "),
+    "a resume of a busy run's last.pt": (True, lambda run: ["train", "--resume", str(run / "last.pt")],
+                                         "{run!r} is in use by another run: pid {pid} on host "),
+    "a resume of a run still in its first epoch": (False, lambda run: ["train", "--resume", str(run)],
+                                                   "--resume {run!r}: its run is still going (pid {pid} on host "),
 }
 
 
 @pytest.mark.parametrize("case", list(LOCK_CASES))
 def test_a_busy_run_directory_is_refused_naming_its_holder(case, reference, tmp_path, capsys):
+    committed, make_argv, expected = LOCK_CASES[case]
     run = tmp_path / "run"
-    shutil.copytree(reference, run)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    if committed:
+        shutil.copytree(reference, run)
     holder = _Holder(run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
     try:
-        code = _run(LOCK_CASES[case](run))
+        code = _run(make_argv(run))
         line = _one_line(capsys.readouterr().err)
         assert code == 2, line
-        assert line.startswith(f"botnet train: error: {str(run)!r} is in use by another run: "
-                               f"pid {holder.process.pid} on host "), line
-        assert "botnet train --out elsewhere" in line
-        # Nothing of the directory changed, and the holder's lock file still names the holder.
-        assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME} == before
-        assert json.loads((run / LOCK_NAME).read_text())["pid"] == holder.process.pid
+        assert line.startswith("botnet train: error: " + expected.format(run=str(run), pid=holder.process.pid)), line
+        assert "(botnet train --out elsewhere)" in line
+        # Nothing in the directory changed: the holder's lock file still names the holder.
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     finally:
         holder.stop()
     (run / LOCK_NAME).unlink()  # the killed holder's (a real run removes its own)
-    assert _consistent(run) == 3
+    assert _consistent(run) == (3 if committed else None)
+
+
+def test_under_torchrun_rank_0_locks_and_the_job_says_it_once(tmp_path):
+    run = tmp_path / "run"
+    holder = _Holder(run)
+    try:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "botnet", "train", *RECIPE, "--batch-size", "64", "--epochs", "1", "--out", str(run)]
+        result = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=240, check=False)
+    finally:
+        holder.stop()
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("botnet train")]
+    assert ours == [f"botnet train: error: {str(run)!r} is in use by another run: pid {holder.process.pid} on host "
+                    f"{os.uname().nodename} (botnet train --out elsewhere); wait for it to end or choose another "
+                    "directory"], result.stderr[-2000:]
+    assert "exitcode  : 2" in result.stderr  # both ranks: rank 1 quietly, on rank 0's word
+    assert result.stderr.count("Traceback") <= 1  # torchrun's own ChildFailedError report, none from a rank
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # the holder's, untouched
 
 
 def test_a_stale_lock_is_taken_over_and_reported(tmp_path, capsys):
