@@ -218,6 +218,27 @@ def test_the_lock_is_one_writer_at_a_time_and_leaves_no_file(tmp_path):
     second.release()
 
 
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """A DataLoader worker may outlive a SIGKILLed run by seconds; the resume that follows must not wait."""
+    from botnet.runtime import lock as lock_module
+
+    lock = DirectoryLock(tmp_path)
+    lock.acquire()
+    child = os.fork()
+    if child == 0:  # the worker
+        time.sleep(3)
+        os._exit(0)
+    try:
+        lock_module._HELD.discard(lock.fd)  # the parent "dies": its descriptor closes, nothing else happens
+        os.close(lock.fd)
+        again = DirectoryLock(tmp_path)
+        again.acquire()  # while the child still runs
+        assert "took over the lock" in again.notice
+        again.release()
+    finally:
+        os.waitpid(child, 0)
+
+
 def test_a_file_system_without_flock_runs_unlocked_and_says_so(tmp_path, monkeypatch):
     import fcntl
 

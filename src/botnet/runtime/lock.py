@@ -21,6 +21,12 @@ and otherwise tries again. The name ``run.lock`` is neither a temporary file
 of :mod:`botnet.runtime.store` (``.NAME.*.tmp``, removed when a run starts)
 nor part of any committed file set.
 
+Forked children (DataLoader workers) close their copy of the lock's file
+descriptor at once (``os.register_at_fork``): a flock belongs to the open
+file, which a fork shares, so a worker outliving a SIGKILLed run by a few
+seconds would otherwise keep the directory locked for the resume that
+follows.
+
 Under torchrun only rank 0 locks; the other ranks act on rank 0's outcome.
 """
 
@@ -40,6 +46,21 @@ __all__ = ["LOCK_NAME", "DirectoryBusy", "DirectoryLock", "check_free", "describ
 
 LOCK_NAME = "run.lock"
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+_HELD: set[int] = set()  # file descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class DirectoryBusy(ValueError):
@@ -88,6 +109,7 @@ class DirectoryLock:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
         self.fd: int | None = None
+        self.pid = os.getpid()
         self.notice: str | None = None
 
     @property
@@ -136,16 +158,18 @@ class DirectoryLock:
         text = json.dumps(_holder_record()) + "\n"
         os.ftruncate(fd, 0)
         os.pwrite(fd, text.encode(), 0)
-        self.fd = fd
+        self.fd, self.pid = fd, os.getpid()
+        _HELD.add(fd)
 
     def release(self) -> None:
         """Remove the lock file and unlock (a no-op if not held)."""
-        if self.fd is None:
+        if self.fd is None or os.getpid() != self.pid:  # not held, or a forked child's copy (closed already)
             return
         try:
             self.path.unlink(missing_ok=True)  # while still holding the lock: see acquire's check
         except OSError:
             pass
+        _HELD.discard(self.fd)
         os.close(self.fd)
         self.fd = None
 
