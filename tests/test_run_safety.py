@@ -186,9 +186,9 @@ def test_under_torchrun_rank_0_locks_and_the_job_says_it_once(tmp_path):
         holder.stop()
     assert result.returncode != 0
     ours = [line for line in result.stderr.splitlines() if line.startswith("botnet train")]
-    assert ours == [f"botnet train: error: {str(run)!r} is in use by another run: pid {holder.process.pid} on host "
-                    f"{os.uname().nodename} (botnet train --out elsewhere); wait for it to end or choose another "
-                    "directory"], result.stderr[-2000:]
+    expected = (f"botnet train: error: {str(run)!r} is in use by another run: pid {holder.process.pid} on host "
+                f"{os.uname().nodename} (botnet train --out elsewhere); wait for it to end or choose another directory")
+    assert ours == [expected], result.stderr[-2000:]
     assert "exitcode  : 2" in result.stderr  # both ranks: rank 1 quietly, on rank 0's word
     assert result.stderr.count("Traceback") <= 1  # torchrun's own ChildFailedError report, none from a rank
     assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # the holder's, untouched
@@ -224,10 +224,13 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
 
     lock = DirectoryLock(tmp_path)
     lock.acquire()
+    ready, started = os.pipe()
     child = os.fork()
-    if child == 0:  # the worker
+    if child == 0:  # the worker (os.fork has returned here: the at-fork hooks have run)
+        os.write(started, b"x")
         time.sleep(3)
         os._exit(0)
+    os.read(ready, 1)
     try:
         lock_module._HELD.discard(lock.fd)  # the parent "dies": its descriptor closes, nothing else happens
         os.close(lock.fd)
