@@ -228,7 +228,7 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     child = os.fork()
     if child == 0:  # the worker (os.fork has returned here: the at-fork hooks have run)
         os.write(started, b"x")
-        time.sleep(3)
+        time.sleep(1)
         os._exit(0)
     os.read(ready, 1)
     try:
