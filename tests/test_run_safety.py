@@ -595,6 +595,7 @@ def test_a_signal_at_any_moment_is_one_line_and_resumes_exactly(case, reference,
 def handlers():
     with interrupts.installed():
         yield
+    assert interrupts.received() is None  # nothing of a stop outlives the command (later library calls)
 
 
 def test_a_signal_while_a_file_set_is_written_cuts_the_write(handlers, tmp_path):

@@ -172,6 +172,7 @@ def installed() -> Iterator[None]:
                 handler = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
             signal.signal(signum, handler)
         _State.owner = None
+        _State.received = _State.pending = None  # a stop belongs to the command that received it
         sys.unraisablehook = _State.previous_hook or sys.__unraisablehook__
 
 
