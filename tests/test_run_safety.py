@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -598,18 +599,71 @@ def handlers():
     assert interrupts.received() is None  # nothing of a stop outlives the command (later library calls)
 
 
-def test_a_signal_while_a_file_set_is_written_cuts_the_write(handlers, tmp_path):
+def _signal_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _signal_then(function):
+    def wrapper(*args, **kwargs):
+        _signal_self()
+        return function(*args, **kwargs)
+    return wrapper
+
+
+def _signalled_after(function):
+    def wrapper(*args, **kwargs):
+        result = function(*args, **kwargs)
+        _signal_self()
+        return result
+    return wrapper
+
+
+def _writer_that_is_signalled(tmp: Path) -> None:
+    tmp.write_text("half")
+    _signal_self()
+    time.sleep(1)  # the handler raises here, long before
+
+
+STOPS = {
+    # case: (what is written, where the signal arrives: a patch (module, name, wrapper) or the writer itself)
+    "a file, as its temporary file is created": ("file", (tempfile, "mkstemp", _signalled_after)),
+    "a file, while it is written": ("file", None),
+    "a file, between its write and its rename": ("file", (os, "replace", _signal_then)),
+    "a file set, as a temporary file is created": ("set", (tempfile, "mkstemp", _signalled_after)),
+    "a file set, while a file is written": ("set", None),
+}
+
+
+@pytest.mark.parametrize("case", list(STOPS))
+def test_a_signal_while_writing_leaves_the_previous_version_and_no_temporary_file(case, handlers, tmp_path,
+                                                                                  monkeypatch):
+    what, patch = STOPS[case]
     write_file_set(tmp_path, {"last.pt": lambda tmp: tmp.write_text("1")}, {"epoch": 1})
-
-    def killed_while_writing(tmp: Path) -> None:
-        tmp.write_text("half")
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(1)  # the handler raises here, long before
-
+    writer = _writer_that_is_signalled if patch is None else (lambda tmp: tmp.write_text("2"))
+    if patch is not None:
+        module, name, wrap = patch
+        monkeypatch.setattr(module, name, wrap(getattr(module, name)))
     with pytest.raises(interrupts.Interrupted):
-        write_file_set(tmp_path, {"last.pt": killed_while_writing}, {"epoch": 2})
+        if what == "file":
+            atomic_write(tmp_path / "last.pt", writer)
+        else:
+            write_file_set(tmp_path, {"last.pt": writer, "metrics.jsonl": writer}, {"epoch": 2})
+    monkeypatch.undo()
     assert (tmp_path / "last.pt").read_text() == "1" and read_manifest(tmp_path)["epoch"] == 1
     assert not _temporaries(tmp_path)
+
+
+def test_a_signal_while_the_lock_is_taken_leaves_it_releasable(handlers, tmp_path, monkeypatch):
+    import fcntl
+
+    monkeypatch.setattr(fcntl, "flock", _signal_then(fcntl.flock))
+    lock = DirectoryLock(tmp_path)
+    with pytest.raises(interrupts.Interrupted):
+        lock.acquire()  # taken in full first: the run's clean-up releases what it holds
+    monkeypatch.undo()
+    assert lock.held
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_a_signal_during_the_commit_waits_for_the_renames(handlers, tmp_path, monkeypatch):

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import interrupts
+
 __all__ = ["LOCK_NAME", "DirectoryBusy", "DirectoryLock", "check_free", "describe_holder", "holder_of"]
 
 LOCK_NAME = "run.lock"
@@ -125,6 +127,11 @@ class DirectoryLock:
         Sets :attr:`notice` to a one-line notice when a stale lock file was replaced, or when the
         file system cannot lock at all (then the run goes on unlocked rather than not at all).
         """
+        with interrupts.deferred():  # moments; a stop inside would leave the file, or a lock nobody releases
+            self._acquire()
+
+    def _acquire(self) -> None:
+        """:meth:`acquire` without the signal guard."""
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_umask())
             try:
@@ -165,6 +172,12 @@ class DirectoryLock:
         """Remove the lock file and unlock (a no-op if not held)."""
         if self.fd is None or os.getpid() != self.pid:  # not held, or a forked child's copy (closed already)
             return
+        with interrupts.deferred():
+            self._release()
+
+    def _release(self) -> None:
+        """:meth:`release` without the signal guard."""
+        assert self.fd is not None
         try:
             self.path.unlink(missing_ok=True)  # while still holding the lock: see acquire's check
         except OSError:

@@ -176,14 +176,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dir_fd)
 
 
-def _write_temp(path: Path, write: Callable[[Path], None]) -> Path:
-    """Fill a fresh temporary file beside ``path`` with ``write``; fsynced, with the umask's mode."""
-    with _reporting(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-        os.close(fd)
-    tmp = Path(tmp_name)
+def _write_temp(path: Path, write: Callable[[Path], None], created: list[Path]) -> Path:
+    """Fill a fresh temporary file beside ``path`` with ``write``; fsynced, with the umask's mode.
+
+    The file is appended to ``created`` the moment it exists (signals held back until then), so the
+    caller can remove it whatever stops it afterwards: a temporary file is never left behind.
+    """
+    tmp: Path | None = None
     try:
+        with interrupts.deferred(), _reporting(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+            os.close(fd)
+            tmp = Path(tmp_name)
+            created.append(tmp)
         try:
             write(tmp)
         except Exception as err:
@@ -198,7 +204,8 @@ def _write_temp(path: Path, write: Callable[[Path], None]) -> Path:
                 handle.flush()
                 os.fsync(handle.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     return tmp
 
@@ -208,17 +215,19 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
 
     ``write`` fills a temporary file in the same directory, which gets the
     mode a plain ``open()`` would give (the umask's), is fsynced and renamed
-    over ``path`` (atomic on POSIX). A failure leaves the previous file intact
-    and no temporary file behind.
+    over ``path`` (atomic on POSIX). A failure or a signal at any moment
+    leaves the previous file intact and no temporary file behind.
     """
     path = Path(path)
-    tmp = _write_temp(path, write)
-    with _reporting(path):
-        try:
+    created: list[Path] = []
+    try:
+        tmp = _write_temp(path, write, created)
+        with _reporting(path):
             os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+            _fsync_dir(path.parent)
+    finally:
+        for leftover in created:  # renamed already, unless something stopped the write
+            leftover.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
@@ -276,9 +285,10 @@ def write_file_set(
     files.update({name: record for name in writers})
     manifest = {"format": "botnet-files", "version": 1, **record, "files": files}
     staged: dict[str, str] = {}
+    created: list[Path] = []
     try:
         for name, write in writers.items():  # long writes: a signal cuts them (the previous set stays)
-            staged[name] = _write_temp(directory / name, write).name
+            staged[name] = _write_temp(directory / name, write, created).name
         # The commit, then the renames: moments, held together against signals (interrupts.deferred).
         with interrupts.deferred():
             pending = json.dumps({**manifest, "pending": staged}, indent=1)
@@ -291,8 +301,8 @@ def write_file_set(
             atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     except BaseException:
         if not _committed(directory, staged):  # the previous set stays in force: drop this one's files
-            for tmp in staged.values():
-                (directory / tmp).unlink(missing_ok=True)
+            for tmp in created:
+                tmp.unlink(missing_ok=True)
         raise
     return manifest
 
