@@ -66,7 +66,7 @@ def _cases(root) -> list[tuple[list[str], str]]:
          "nowhere"),
         (["train", "--model", "nosuchnet", "--out", str(root / "r4"), "--epochs", "1"], "unknown model"),
         (["train", "--resume", str(root / "nowhere")], "no such run directory"),
-        (["train", "--resume", str(root)], "no checkpoint to resume"),
+        (["train", "--resume", str(root)], "is not a run directory"),
         (["train", "-c", str(root / "missing.yaml")], "no config file"),
         (["train", "-c", str(root / "bad.yaml")], "not valid YAML"),
         (["train", "-c", str(root / "unknown.yaml")], "unknown key 'learning_rate'"),

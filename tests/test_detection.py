@@ -449,8 +449,10 @@ def test_cli_train_resume_eval_predict(tmp_path, capsys):
     assert [r["epoch"] for r in epochs()] == [1, 2]
     assert main(["detect", "train", "--resume", str(run), "--epochs", "3", "--fpn-channels", "16"]) == 2
     assert "cannot change fpn_channels when resuming (32 in the checkpoint, 16 given)" in capsys.readouterr().err
-    assert main(["detect", "train", "--resume", str(run), "--epochs", "2"]) == 2  # nothing left to do
-    assert "already finished 2 epochs" in capsys.readouterr().err
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(["detect", "train", "--resume", str(run), "--epochs", "2"]) == 0  # complete: nothing to train
+    assert "already complete" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # and nothing written
 
     metrics_file = tmp_path / "metrics.json"
     assert main(["detect", "eval", "--checkpoint", str(run), "--data", str(data), "--workers", "0",

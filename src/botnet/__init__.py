@@ -4,6 +4,12 @@ Paper-exact BoT blocks and models, 2D relative position logits that work at
 any input size, and tools to train, inspect and deploy them.
 """
 
+from .runtime import interrupts as _interrupts
+
+# First: when this process is the `botnet` command, a Ctrl-C or SIGTERM while torch and the
+# models import (seconds) is one line, not a traceback (botnet.runtime.interrupts).
+_interrupts.guard_start()
+
 from . import compat
 from .layers import (
     AbsolutePosition2d,

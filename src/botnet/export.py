@@ -142,7 +142,15 @@ def export_torchscript(
         warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
         traced = torch.jit.trace(model, example_input(model, img_size))
         extra = {"botnet.json": _meta_json(model, meta)}
-        atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
+
+
+        def write(tmp: Path) -> None:
+            # A file object, not a path: given a path, torch.jit.save's C++ writer aborts the whole process
+            # on a full disk; through a file object the OSError comes back (a one-line WriteError).
+            with open(tmp, "wb") as handle:
+                torch.jit.save(traced, handle, _extra_files=extra)
+
+        atomic_write(path, write)
 
 
 def export_model(

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import re
+import signal
 import sys
+
+from ..runtime.distributed import PeerFailed
 
 __all__ = ["main", "build_parser", "CommandError"]
 
@@ -56,28 +60,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "run", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.run(args) or 0)
-    except (CommandError, ValueError, OSError, FloatingPointError) as err:
-        # User-facing failures: bad values, missing or damaged files, unwritable paths, a
-        # diverging loss. Each is one line that names the cause; anything else is a bug and
-        # keeps its traceback.
-        print(f"{_prog(args)}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        if type(err).__name__ != "OutOfMemoryError":
+    """Run one command. SIGINT / SIGTERM end it with one line and 130 / 143 (:mod:`botnet.runtime.interrupts`)."""
+    from ..runtime import interrupts
+
+    with interrupts.installed():
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        except KeyboardInterrupt as err:  # still importing the commands: nothing was written
+            signum = getattr(err, "signum", signal.SIGINT)
+            print(f"botnet: interrupted by {interrupts.signal_name(signum)} while starting; nothing was written",
+                  file=sys.stderr)
+            return interrupts.exit_code(signum)
+        if not getattr(args, "run", None):
+            parser.print_help()
+            return 2
+        try:
+            return int(args.run(args) or 0)
+        except KeyboardInterrupt as err:
+            # A trainer's Interrupted says what it saved and how to resume; the other commands write
+            # atomically, so they leave nothing half-written to mention.
+            signum = getattr(err, "signum", signal.SIGINT)
+            text = str(err) if isinstance(err, interrupts.Interrupted) else ""
+            return _interrupted(args, signum, text)
+        except PeerFailed:
+            return 2  # rank 0 printed the reason
+        except Exception as err:
+            if interrupts.received() is not None:  # caused by the stop (e.g. a DataLoader worker it ended)
+                return _interrupted(args, interrupts.received(), "")
+            if isinstance(err, (CommandError, ValueError, OSError, FloatingPointError)):
+                # User-facing failures: bad values, missing or damaged files, unwritable paths, a full
+                # disk, a diverging loss. Each is one line that names the cause; anything else is a
+                # bug and keeps its traceback.
+                print(f"{_prog(args)}: error: {_one_line(err)}", file=sys.stderr)
+                return 2
+            if type(err).__name__ == "OutOfMemoryError":
+                print(f"{_prog(args)}: error: out of memory ({_one_line(err)[:200]}); lower --batch-size or the "
+                      "image size", file=sys.stderr)
+                return 2
             raise
-        print(f"{_prog(args)}: error: out of memory ({_one_line(err)[:200]}); lower --batch-size or the image size",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{_prog(args)}: interrupted", file=sys.stderr)
-        return 130
+
+
+def _interrupted(args: argparse.Namespace, signum: int, text: str) -> int:
+    from ..runtime import interrupts
+
+    if not text.startswith("interrupted"):
+        text = f"interrupted by {interrupts.signal_name(signum)}"
+    if _is_main_rank():  # under torchrun every rank gets the signal: the job says it once
+        print(f"{_prog(args)}: {_one_line(text)}", file=sys.stderr)
+    return interrupts.exit_code(signum)
+
+
+def _is_main_rank() -> bool:
+    """Whether this process prints a torchrun job's line (rank 0, or no torchrun)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _prog(args: argparse.Namespace) -> str:

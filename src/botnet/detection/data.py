@@ -45,6 +45,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..images import read_image
+from ..runtime.store import atomic_write
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -359,7 +360,7 @@ def make_synthetic_shapes(
             height, width = rng.randint(min_size, max_size), rng.randint(min_size, max_size)
             image, objects = _draw_image(rng, height, width, max_objects)
             file_name = f"{image_id:06d}.png"
-            image.save(image_dir / file_name)
+            atomic_write(image_dir / file_name, lambda tmp, image=image: image.save(tmp, format="PNG"))
             images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
             for category_id, mask in objects:
                 rle = mask_utils.encode(np.asfortranarray(mask))
@@ -373,6 +374,7 @@ def make_synthetic_shapes(
         ann_file.parent.mkdir(parents=True, exist_ok=True)
         payload = {"images": images, "annotations": annotations, "categories": categories,
                    "info": {"description": f"botnet synthetic shapes, seed {seed}"}}
-        ann_file.write_text(json.dumps(payload))
+        text = json.dumps(payload)
+        atomic_write(ann_file, lambda tmp, text=text: tmp.write_text(text))
         written[split] = (image_dir, ann_file)
     return written

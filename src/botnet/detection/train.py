@@ -150,6 +150,7 @@ class DetectionTrainer(Trainer):
     task = "detection"
     score_key = "bbox_AP"
     score_name = "box AP"
+    command = "botnet detect train"
     config: TrainConfig
 
     def run_name(self) -> str:

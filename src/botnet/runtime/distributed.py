@@ -13,9 +13,14 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "DistInfo", "init_distributed", "all_reduce_sum", "all_gather_objects", "average_buffers", "broadcast_object",
+    "DistInfo", "PeerFailed", "init_distributed", "all_reduce_sum", "all_gather_objects", "average_buffers", "broadcast_object",
     "barrier", "cleanup", "unwrap",
 ]
+
+
+class PeerFailed(Exception):
+    """Another rank (rank 0) failed and reported it in one line; this rank stops quietly, so a torchrun
+    job prints the reason once, not once per process."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,26 @@ classifiers, :mod:`botnet.detection.checkpoint` for detectors):
   with at least ``"model"`` (state dict) and ``"meta"``, read with
   ``torch.load(weights_only=True)``: nothing is ever unpickled.
 
+**Failed writes** are one line: whichever library was writing (torch.save,
+safetensors, json, PNG encoders, torch.jit), an OS failure (a full disk
+``ENOSPC``, a quota ``EDQUOT``, a read-only file system ``EROFS``, ``EIO``)
+becomes :class:`WriteError`, an OSError whose text is the final path and the
+OS reason ("cannot write 'runs/x/last.pt': no space left on device"). The
+reason is found even where a library hides it (:func:`_os_failure`):
+torch.save is given a Python file object, through which the OSError itself
+comes back (given a path, its C++ writer says only "unexpected pos");
+safetensors' Rust error carries "(os error N)"; for any other library
+exception the temporary file is extended with plain writes, and the OS
+error that probe meets is the reason (an exception the probe does not
+reproduce is a bug, and keeps its traceback). The temporary file is always
+removed, and a file set that was not committed leaves the previous set in
+force.
+
+**Signals** (:mod:`botnet.runtime.interrupts`): a SIGINT / SIGTERM while a
+file is being written cuts the write (its temporary file is removed); one
+that arrives while a committed set is being renamed into place is held back
+until the renames are done, so a stop never leaves a half-renamed set.
+
 **Damaged files** are told apart from unsafe ones: a truncated, empty or
 garbage file is "damaged or not a checkpoint"; only a file that really
 carries pickled Python objects is refused as such, with the objects named
@@ -37,19 +57,24 @@ import io
 import json
 import os
 import pickletools
+import re
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import interrupts
+
 __all__ = [
     "MANIFEST",
     "CheckpointError",
     "PathLike",
+    "WriteError",
     "atomic_write",
     "committed_path",
     "load_checkpoint",
@@ -59,6 +84,7 @@ __all__ = [
     "recover_file_set",
     "resolve_checkpoint_path",
     "save_checkpoint",
+    "torch_save",
     "write_file_set",
     "write_safetensors",
 ]
@@ -76,7 +102,64 @@ class CheckpointError(ValueError):
     """A checkpoint file that is damaged, unsafe or not a botnet checkpoint (one line, names the file)."""
 
 
+class WriteError(OSError):
+    """A file could not be written: ``str()`` is one line with the final path and the OS reason."""
+
+    def __init__(self, path: PathLike, error: int) -> None:
+        reason = os.strerror(error)
+        reason = reason[:1].lower() + reason[1:]
+        super().__init__(error, reason, str(path))
+        self.path = Path(path)
+        self.reason = reason
+        self.message = f"cannot write {str(path)!r}: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 # --------------------------------------------------------------------------- writing
+
+
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # Rust's io::Error (safetensors)
+
+
+def _os_failure(err: BaseException, tmp: Path) -> int | None:
+    """The errno behind a writer's exception, or None if the OS did not cause it (see the module docstring)."""
+    seen: BaseException | None = err
+    while seen is not None:  # the OSError itself, or one a library chained
+        if isinstance(seen, OSError) and seen.errno:
+            return seen.errno
+        seen = seen.__cause__ or seen.__context__
+    match = _OS_ERROR_IN_TEXT.search(str(err))
+    if match:
+        return int(match.group(1))
+    try:  # the library hid it: meet it again with plain writes where the library stopped
+        with open(tmp, "ab") as handle:
+            handle.write(bytes(1 << 20))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as probe:
+        return probe.errno or None
+    return None
+
+
+@contextmanager
+def _reporting(path: Path) -> Iterator[None]:
+    """An OSError from the block becomes a :class:`WriteError` for ``path`` (the file the user knows)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        if not err.errno:
+            raise
+        raise WriteError(path, err.errno) from err
+
+
+def torch_save(state: Any, path: PathLike) -> None:
+    """``torch.save`` through a Python file object, so that a failing write raises the OSError itself."""
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
 
 
 def _file_mode() -> int:
@@ -93,21 +176,36 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dir_fd)
 
 
-def _write_temp(path: Path, write: Callable[[Path], None]) -> Path:
-    """Fill a fresh temporary file beside ``path`` with ``write``; fsynced, with the umask's mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+def _write_temp(path: Path, write: Callable[[Path], None], created: list[Path]) -> Path:
+    """Fill a fresh temporary file beside ``path`` with ``write``; fsynced, with the umask's mode.
+
+    The file is appended to ``created`` the moment it exists (signals held back until then), so the
+    caller can remove it whatever stops it afterwards: a temporary file is never left behind.
+    """
+    tmp: Path | None = None
     try:
-        write(tmp)
-        # After writing: some writers (safetensors) replace the file and create it 0600.
-        os.chmod(tmp, _file_mode())
-        with open(tmp, "rb+") as handle:
-            handle.flush()
-            os.fsync(handle.fileno())
+        with interrupts.deferred(), _reporting(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+            os.close(fd)
+            tmp = Path(tmp_name)
+            created.append(tmp)
+        try:
+            write(tmp)
+        except Exception as err:
+            error = _os_failure(err, tmp)
+            if error is None:
+                raise
+            raise WriteError(path, error) from err
+        with _reporting(path):
+            # After writing: some writers (safetensors) replace the file and create it 0600.
+            os.chmod(tmp, _file_mode())
+            with open(tmp, "rb+") as handle:
+                handle.flush()
+                os.fsync(handle.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     return tmp
 
@@ -117,21 +215,24 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> None:
 
     ``write`` fills a temporary file in the same directory, which gets the
     mode a plain ``open()`` would give (the umask's), is fsynced and renamed
-    over ``path`` (atomic on POSIX). A failure leaves the previous file intact
-    and no temporary file behind.
+    over ``path`` (atomic on POSIX). A failure or a signal at any moment
+    leaves the previous file intact and no temporary file behind.
     """
     path = Path(path)
-    tmp = _write_temp(path, write)
+    created: list[Path] = []
     try:
-        os.replace(tmp, path)
+        tmp = _write_temp(path, write, created)
+        with _reporting(path):
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+        for leftover in created:  # renamed already, unless something stopped the write
+            leftover.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
     """Atomically ``torch.save`` a checkpoint dict (tensors and plain values only)."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch_save(state, tmp))
 
 
 def write_safetensors(path: PathLike, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
@@ -173,30 +274,46 @@ def write_file_set(
         the manifest now in force.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with _reporting(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     previous = read_manifest(directory) or {}
     if previous.get("pending"):
         recover_file_set(directory)
         previous = read_manifest(directory) or {}
     record = dict(record or {})
-    staged: dict[str, str] = {}
-    try:
-        for name, write in writers.items():
-            staged[name] = _write_temp(directory / name, write).name
-    except BaseException:
-        for tmp in staged.values():
-            (directory / tmp).unlink(missing_ok=True)
-        raise
     files = dict(previous.get("files", {}))
     files.update({name: record for name in writers})
     manifest = {"format": "botnet-files", "version": 1, **record, "files": files}
-    # The commit point: from here on the set is the new one, even if a kill stops the renames.
-    atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps({**manifest, "pending": staged}, indent=1)))
-    for name, tmp in staged.items():
-        os.replace(directory / tmp, directory / name)
-    _fsync_dir(directory)
-    atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    staged: dict[str, str] = {}
+    created: list[Path] = []
+    try:
+        for name, write in writers.items():  # long writes: a signal cuts them (the previous set stays)
+            staged[name] = _write_temp(directory / name, write, created).name
+        # The commit, then the renames: moments, held together against signals (interrupts.deferred).
+        with interrupts.deferred():
+            pending = json.dumps({**manifest, "pending": staged}, indent=1)
+            atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(pending))
+            # Committed: from here on the set is the new one, even if a kill stops the renames.
+            with _reporting(directory / next(iter(staged), MANIFEST)):
+                for name, tmp in staged.items():
+                    os.replace(directory / tmp, directory / name)
+                _fsync_dir(directory)
+            atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    except BaseException:
+        if not _committed(directory, staged):  # the previous set stays in force: drop this one's files
+            for tmp in created:
+                tmp.unlink(missing_ok=True)
+        raise
     return manifest
+
+
+def _committed(directory: Path, staged: dict[str, str]) -> bool:
+    """Whether the manifest records ``staged`` as its pending set (the commit happened)."""
+    try:
+        manifest = read_manifest(directory) or {}
+    except CheckpointError:
+        return False
+    return bool(staged) and manifest.get("pending") == staged
 
 
 def recover_file_set(directory: PathLike) -> list[str]:
@@ -209,18 +326,19 @@ def recover_file_set(directory: PathLike) -> list[str]:
     if not directory.is_dir():
         return []
     manifest = read_manifest(directory)
-    if manifest is not None and manifest.get("pending"):
-        for name, tmp in manifest["pending"].items():
-            if (directory / tmp).is_file():
-                os.replace(directory / tmp, directory / name)
-        _fsync_dir(directory)
-        manifest = {k: v for k, v in manifest.items() if k != "pending"}
-        atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
-    removed = []
-    for leftover in directory.glob(f".*{_TMP_SUFFIX}"):
-        if leftover.is_file():
-            leftover.unlink()
-            removed.append(leftover.name)
+    with interrupts.deferred(), _reporting(directory / MANIFEST):
+        if manifest is not None and manifest.get("pending"):
+            for name, tmp in manifest["pending"].items():
+                if (directory / tmp).is_file():
+                    os.replace(directory / tmp, directory / name)
+            _fsync_dir(directory)
+            manifest = {k: v for k, v in manifest.items() if k != "pending"}
+            atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+        removed = []
+        for leftover in directory.glob(f".*{_TMP_SUFFIX}"):
+            if leftover.is_file():
+                leftover.unlink()
+                removed.append(leftover.name)
     return sorted(removed)
 
 

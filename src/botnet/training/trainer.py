@@ -27,7 +27,17 @@ class does the rest, identically for every task:
   :attr:`RunConfig.RESUMABLE` ones may change) and restored RNG states. The
   sampler order and worker seeds are functions of (seed, epoch, rank), so a
   run killed at any moment and resumed ends with the same metrics as one
-  never interrupted (same machine and thread count).
+  never interrupted (same machine and thread count). An ``out`` other than
+  the run's own directory is refused. A run that already trained its
+  ``epochs`` is complete: ``fit()`` builds nothing, writes nothing and
+  returns the run's summary (like timm's and torchvision's loops, whose
+  ``range(start_epoch, epochs)`` is then empty); more ``epochs`` extend it;
+* the run directory is locked by rank 0 for the whole run (one run per
+  directory); the other ranks act on rank 0's outcome;
+* a stop (SIGINT / SIGTERM, :mod:`botnet.runtime.interrupts`) or a failed
+  write (:class:`~botnet.runtime.store.WriteError`) leaves the last committed
+  epoch in force and becomes one line that says what is saved and the
+  command that resumes it.
 
 Only rank 0 writes files and prints; the final summary line is printed
 here for every task.
@@ -51,9 +61,12 @@ from torch import nn
 from ..runtime.checks import check_out_dir
 from ..runtime.console import Progress, say
 from ..runtime.device import resolve_device
-from ..runtime.distributed import (DistInfo, all_gather_objects, barrier, broadcast_object, cleanup, init_distributed,
-                                   unwrap)
-from ..runtime.store import write_safetensors
+from ..runtime.distributed import (DistInfo, PeerFailed, all_gather_objects, barrier, broadcast_object, cleanup,
+                                   init_distributed, unwrap)
+from ..runtime import interrupts
+from ..runtime.interrupts import Interrupted, signal_name
+from ..runtime.lock import check_free
+from ..runtime.store import WriteError, write_safetensors
 from .config import RunConfig, check_value
 from .elastic import resolve_resume
 from .engine import EpochResult, train_one_epoch
@@ -84,15 +97,31 @@ class Trainer:
     # name in the summary line.
     score_key: ClassVar[str | None] = None
     score_name: ClassVar[str] = "score"
+    # The command that trains this task (named in the line that says how to resume).
+    command: ClassVar[str] = "botnet train"
 
     def __init__(self, config: RunConfig | None = None, resume: str | os.PathLike[str] | None = None,
                  **overrides: Any) -> None:
+        self.run: RunDir | None = None
+        self.start_epoch, self.history = 0, []
+        self.finished = False
+        try:
+            self._init(config, resume, overrides)
+        except BaseException as err:
+            explained = self._explained_stop(err)
+            if explained is err:
+                raise
+            raise explained from None
+
+    def _init(self, config: RunConfig | None, resume: str | os.PathLike[str] | None,
+              overrides: dict[str, Any]) -> None:
         checkpoint = None
         resume_run = None
         out = overrides.get("out", config.out if config is not None else None)
         resume = resolve_resume(resume, out)
         if resume is not None:
             resume_run, resume_path = RunDir.for_resume(resume)
+            self.run = resume_run  # from here on, a stop names what this directory holds
             checkpoint = resume_run.load_last(resume_path)
             config = self._resumed_config(checkpoint, resume_path, overrides)
         elif config is None:
@@ -102,6 +131,14 @@ class Trainer:
         config.validate()
         self.config = config
         self.resuming = checkpoint is not None  # then the initial weights are not read again
+        if checkpoint is not None:
+            self.run = resume_run
+            self.saved_epochs = int(checkpoint["config"].get("epochs", config.epochs))
+            if int(checkpoint["epoch"]) >= config.epochs:  # nothing left to train: see fit()
+                check_free(resume_run.path)  # unless another process is extending it right now
+                self.finished = True
+                self.checkpoint = checkpoint
+                return
         self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         if config.out is not None:
             check_out_dir(config.out)  # before the process group, data or model: a typo costs nothing
@@ -109,8 +146,8 @@ class Trainer:
         try:
             self._set_up(checkpoint, resume_run)
         except BaseException:
-            if self.dist.is_main and getattr(self, "run", None) is not None:
-                self.run.discard_if_empty()
+            if self.dist.is_main and self.run is not None:
+                self.run.discard_if_empty()  # also gives up the lock
             cleanup(self.dist)
             raise
 
@@ -129,7 +166,14 @@ class Trainer:
             if name not in fields:
                 raise ValueError(f"unknown setting {name!r}")
             value = check_value(self.config_class, fields[name], value)
-            if value == getattr(config, name) or name == "out":
+            if name == "out":
+                if Path(value).resolve() != path.parent.resolve():
+                    raise ValueError(
+                        f"--out {value!r} with --resume {str(path.parent)!r}: a resumed run continues in its own "
+                        "directory; leave out --out (or start a new run there without --resume)"
+                    )
+                continue
+            if value == getattr(config, name):
                 continue
             if name not in config.RESUMABLE:
                 raise ValueError(
@@ -154,8 +198,16 @@ class Trainer:
         config.out = str(broadcast_object(config.out, info))
         self.run = resume_run or RunDir(config.out)
         self.removed_temporaries: list[str] = []
-        if info.is_main:
-            self.removed_temporaries = self.run.prepare(resuming=checkpoint is not None)
+        failure: BaseException | None = None
+        if info.is_main:  # rank 0 alone locks and prepares; the others follow its outcome
+            try:
+                self.removed_temporaries = self.run.prepare(resuming=checkpoint is not None)
+            except (ValueError, OSError) as err:
+                failure = err
+        if broadcast_object(failure is not None, info):
+            if failure is not None:
+                raise failure
+            raise PeerFailed("rank 0 could not prepare the run directory")
         barrier(info)
 
         seed_everything(config.seed + info.rank)
@@ -285,6 +337,52 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    def resume_command(self) -> str:
+        """The command that continues this run from its last committed epoch."""
+        assert self.run is not None
+        extra = ""
+        if hasattr(self, "config") and self.config.epochs != getattr(self, "saved_epochs", self.config.epochs):
+            extra = f" --epochs {self.config.epochs}"  # last.pt still holds the old number
+        if getattr(self, "dist", None) is not None and self.dist.enabled:
+            return f"torchrun <the same options> -m {self.command} --resume {self.run.path}{extra}"
+        return f"{self.command} --resume {self.run.path}{extra}"
+
+    def saved_state(self) -> str:
+        """What the run directory holds now, in words: "epoch 3 of 10 is saved in DIR" / "nothing was saved"."""
+        epoch = self.run.committed_epoch() if self.run is not None else None
+        if not epoch:
+            return "no epoch was saved"
+        of = f" of {self.config.epochs}" if hasattr(self, "config") else ""
+        return f"epoch {epoch}{of} is saved in {self.run.path}"
+
+    def _explained_stop(self, err: BaseException) -> BaseException:
+        """What to raise for ``err``: a stop (a signal, or a failure the signal caused, such as a DataLoader
+        worker it ended) or a failed write, explained; anything else as it is."""
+        signum = interrupts.received()
+        if signum is not None and isinstance(err, Exception):
+            err = Interrupted(signum)
+        if isinstance(err, (Interrupted, WriteError)):
+            return self._explained(err)
+        return err
+
+    def _explained(self, err: Interrupted | WriteError) -> Interrupted | WriteError:
+        """``err`` as one line that also says what is saved and how to go on."""
+        saved = self.saved_state()
+        resumable = self.run is not None and self.run.committed_epoch()
+        if isinstance(err, Interrupted):
+            if resumable:
+                how = f"resume with: {self.resume_command()}"
+            else:
+                how = "run the same command again to start over"
+            return Interrupted(err.signum, f"interrupted by {signal_name(err.signum)}; {saved}; {how}")
+        if resumable:
+            how = f"free space or fix the disk, then resume with: {self.resume_command()}"
+        else:
+            how = "free space or fix the disk, then run the same command again"
+        explained = WriteError(err.path, err.errno or 0)
+        explained.message = f"{err.message}; {saved}; {how}"
+        return explained
+
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.load_extra_state(checkpoint)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -309,11 +407,6 @@ class Trainer:
                 f"(this run has {self.dist.world_size})"
             )
         self.restored_rng = states[self.dist.rank]
-        if self.start_epoch >= self.config.epochs:
-            raise ValueError(
-                f"the run in {str(self.run.path)!r} already finished {self.start_epoch} epochs (--epochs "
-                f"{self.config.epochs}); give more --epochs to train on"
-            )
 
     def _checkpoint(self, epoch: int, meta: dict[str, Any], rng: list[Any]) -> dict[str, Any]:
         return {
@@ -341,6 +434,7 @@ class Trainer:
         meta = self.meta()
         checkpoint = self._checkpoint(epoch, meta, rng)
         self.run.commit_epoch(epoch + 1, checkpoint, lambda tmp: self.write_weights(tmp, meta), self.history, improved)
+        self.saved_epochs = self.config.epochs
 
     def _config_payload(self) -> dict[str, Any]:
         return {
@@ -361,11 +455,39 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs; returns a summary (out dir, best and final scores, seconds)."""
+        """Train the remaining epochs; returns a summary (out dir, best and final scores, seconds).
+
+        A resumed run that already trained its ``epochs`` is complete: nothing is built, trained or
+        written, and its summary is returned (printed by rank 0 with the words "already complete").
+        """
+        if self.finished:
+            return self._complete()
         try:
             return self._fit()
+        except BaseException as err:
+            explained = self._explained_stop(err)
+            if explained is err:
+                raise
+            raise explained from None
         finally:
+            if self.dist.is_main and self.run is not None:
+                self.run.release()
             cleanup(self.dist)
+
+    def _complete(self) -> dict[str, Any]:
+        checkpoint = self.checkpoint
+        self.history = list(checkpoint["history"])
+        self.best_score = float(checkpoint.get("best_score", checkpoint.get("best_acc", -float("inf"))))
+        self.best_epoch = int(checkpoint["best_epoch"])
+        elapsed = self.history[-1]["elapsed_seconds"] if self.history else 0.0
+        summary = self._summary(elapsed)
+        summary["epochs"] = int(checkpoint["epoch"])
+        summary["complete"] = True
+        line = self._summary_line(summary).replace("[bold]done[/]", "[bold]already complete[/]", 1)
+        done = int(checkpoint["epoch"])
+        say(f"{line}; nothing to train (--epochs {self.config.epochs}, {done} done: give --epochs more than {done} "
+            "to train on)", int(os.environ.get("RANK", "0")) == 0)
+        return summary
 
     def _fit(self) -> dict[str, Any]:
         config, info = self.config, self.dist
@@ -374,6 +496,8 @@ class Trainer:
             self.run.write_config(self._config_payload())
             if self.start_epoch:
                 self.run.write_metrics(self.history)  # exactly the epochs of last.pt
+        if self.run.lock_notice:
+            say(f"[yellow]note[/]: {self.run.lock_notice}", main)
         for name in self.removed_temporaries:
             say(f"[yellow]removed[/] {name}: an unfinished write of an interrupted run", main)
         say(self.describe() + (f" (resuming after epoch {self.start_epoch})" if self.start_epoch else ""), main)

@@ -61,15 +61,18 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Pa
     """
     from PIL import Image
 
+    from ..runtime.store import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Through the store: a full disk is one line naming the file, and never a half-written picture.
     if path.suffix.lower() != ".png":
-        fig.savefig(path, dpi=dpi)
+        kind = path.suffix[1:].lower() or None
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=kind))
         return path
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     buffer.seek(0)
     with Image.open(buffer) as image:
         image = image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-    image.save(path, optimize=True)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", optimize=True))
     return path
