@@ -58,7 +58,7 @@ def test_means_are_weighted_by_count_and_accumulation_gives_the_same_step():
     for x, y in loader:
         out = model(x)
         loss = nn.functional.mse_loss(out, y)
-        loss_sum += float(loss) * len(x)
+        loss_sum += float(loss.detach()) * len(x)
         hits += float((out.sign() == y.sign()).sum())
         optimizer.zero_grad()
         loss.backward()

@@ -210,7 +210,7 @@ def _accumulate(sums: dict[str, Tensor], out: dict[str, Tensor]) -> None:
 
 def _step_means(out: dict[str, Tensor]) -> dict[str, float]:
     count = float(out["count"])
-    return {key: float(value) if key == "loss" else float(value) / count
+    return {key: float(value.detach()) if key == "loss" else float(value.detach()) / count
             for key, value in out.items() if key != "count"}
 
 
