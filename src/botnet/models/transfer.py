@@ -30,24 +30,112 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
 
 from ..layers.blocks import BoTBlock
 from ..layers.position import resize_table
-from .weights import LoadReport, _unwrap_state_dict
+
 
 __all__ = [
+    "LoadReport",
     "WeightsSource",
     "adapt_input_conv",
     "classifier_prefix",
     "load_backbone_weights",
     "load_initial_checkpoint",
+    "read_state_dict",
     "read_weights_source",
     "transfer_state",
+    "unwrap_state_dict",
 ]
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_resnet_weights` did.
+
+    Attributes:
+        loaded: model keys filled from the source.
+        skipped: source keys not used, with the reason.
+        missing: model keys left at their initial values.
+        resized: position tables interpolated to this model's length, with both shapes.
+        adapted: tensors fitted to this model (the first convolution's input channels), and how.
+        source, kind: the file read, and "botnet" (a described checkpoint) or "state dict".
+        note: anything else worth saying (a checkpoint of another registered model).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    resized: dict[str, str] = field(default_factory=dict)
+    adapted: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+    kind: str | None = None
+    note: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether some model tensors kept their initial values."""
+        return bool(self.missing)
+
+    def summary(self) -> str:
+        """One line: counts, then the resized / adapted tensors and the reasons for skips."""
+        text = f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, left {len(self.missing)} at init"
+        if self.missing:
+            text += " (partial match)"
+        if self.note:
+            text += f"; {self.note}"
+        if self.resized:
+            text += f"; {len(self.resized)} position tables interpolated ({next(iter(self.resized.values()))}, ...)"
+        text += "".join(f"; {key}: {what}" for key, what in self.adapted.items())
+        reasons: dict[str, int] = {}
+        for why in self.skipped.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        if reasons:
+            text += "; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda x: -x[1]))
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form written to a run's ``config.json`` (``initial_weights``)."""
+        return {"source": self.source, "kind": self.kind, "summary": self.summary(), "partial": self.partial,
+                "loaded": self.loaded, "skipped": self.skipped, "missing": self.missing, "resized": self.resized,
+                "adapted": self.adapted, "note": self.note}
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a state dict from .safetensors or a torch file, never unpickling code.
+
+    Accepts a bare state dict or one wrapped under ``state_dict``, ``model``
+    or ``model_state`` (common checkpoint layouts), and strips a DDP
+    ``module.`` prefix. A damaged file or one that carries pickled objects is
+    a one-line error from :mod:`botnet.checkpoint` naming the file.
+    """
+    from ..runtime.store import load_checkpoint, read_safetensors
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no weights file at {path!r}")
+    state = read_safetensors(path)[0] if path.endswith(".safetensors") else load_checkpoint(path)
+    return unwrap_state_dict(state, repr(path))
+
+
+def unwrap_state_dict(state: object, what: str) -> dict[str, Tensor]:
+    """The tensors of a bare or wrapped (``state_dict``/``model``/``model_state``) state dict."""
+    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{what} does not hold a state dict (found {type(state).__name__})")
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    consume_prefix_in_state_dict_if_present(tensors, "module.")  # DistributedDataParallel's wrapper
+    return tensors
+
 
 # Parameter names of the position tables (layers/position.py): (length, dim_head) each.
 POSITION_TABLES = ("pos.rel_h", "pos.rel_w", "pos.abs_h", "pos.abs_w")
@@ -97,12 +185,12 @@ def read_weights_source(path: str | os.PathLike[str]) -> WeightsSource:
     if resolved.suffix == ".safetensors":
         state, metadata = read_safetensors(resolved)
         meta = _botnet_meta(metadata.get("botnet"), name)
-        return WeightsSource(name, _unwrap_state_dict(state, repr(name)), meta)
+        return WeightsSource(name, unwrap_state_dict(state, repr(name)), meta)
     checkpoint = load_checkpoint(resolved)
     meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), dict) else None
     if meta is not None and meta.get("format", "botnet") != "botnet":
         raise ValueError(f"{name!r} holds a {meta.get('format')!r} model, not a botnet classifier or backbone")
-    return WeightsSource(name, _unwrap_state_dict(checkpoint, repr(name)), meta)
+    return WeightsSource(name, unwrap_state_dict(checkpoint, repr(name)), meta)
 
 
 def _botnet_meta(text: str | None, name: str) -> dict[str, Any] | None:

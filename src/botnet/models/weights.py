@@ -4,101 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from ..layers.blocks import BoTBlock
+from .transfer import LoadReport, read_state_dict, transfer_state, unwrap_state_dict
 
 if TYPE_CHECKING:
     from .network import BoTNet
 
 __all__ = ["LoadReport", "botnet50_from_torchvision", "load_resnet_weights", "read_state_dict"]
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_resnet_weights` did.
-
-    Attributes:
-        loaded: model keys filled from the source.
-        skipped: source keys not used, with the reason.
-        missing: model keys left at their initial values.
-        resized: position tables interpolated to this model's length, with both shapes.
-        adapted: tensors fitted to this model (the first convolution's input channels), and how.
-        source, kind: the file read, and "botnet" (a described checkpoint) or "state dict".
-        note: anything else worth saying (a checkpoint of another registered model).
-    """
-
-    loaded: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-    resized: dict[str, str] = field(default_factory=dict)
-    adapted: dict[str, str] = field(default_factory=dict)
-    source: str | None = None
-    kind: str | None = None
-    note: str | None = None
-
-    @property
-    def partial(self) -> bool:
-        """Whether some model tensors kept their initial values."""
-        return bool(self.missing)
-
-    def summary(self) -> str:
-        """One line: counts, then the resized / adapted tensors and the reasons for skips."""
-        text = f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, left {len(self.missing)} at init"
-        if self.missing:
-            text += " (partial match)"
-        if self.note:
-            text += f"; {self.note}"
-        if self.resized:
-            text += f"; {len(self.resized)} position tables interpolated ({next(iter(self.resized.values()))}, ...)"
-        text += "".join(f"; {key}: {what}" for key, what in self.adapted.items())
-        reasons: dict[str, int] = {}
-        for why in self.skipped.values():
-            reasons[why] = reasons.get(why, 0) + 1
-        if reasons:
-            text += "; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda x: -x[1]))
-        return text
-
-    def to_dict(self) -> dict[str, object]:
-        """The JSON form written to a run's ``config.json`` (``initial_weights``)."""
-        return {"source": self.source, "kind": self.kind, "summary": self.summary(), "partial": self.partial,
-                "loaded": self.loaded, "skipped": self.skipped, "missing": self.missing, "resized": self.resized,
-                "adapted": self.adapted, "note": self.note}
-
-
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a state dict from .safetensors or a torch file, never unpickling code.
-
-    Accepts a bare state dict or one wrapped under ``state_dict``, ``model``
-    or ``model_state`` (common checkpoint layouts), and strips a DDP
-    ``module.`` prefix. A damaged file or one that carries pickled objects is
-    a one-line error from :mod:`botnet.checkpoint` naming the file.
-    """
-    from ..runtime.store import load_checkpoint, read_safetensors
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no weights file at {path!r}")
-    state = read_safetensors(path)[0] if path.endswith(".safetensors") else load_checkpoint(path)
-    return _unwrap_state_dict(state, repr(path))
-
-
-def _unwrap_state_dict(state: object, what: str) -> dict[str, Tensor]:
-    """The tensors of a bare or wrapped (``state_dict``/``model``/``model_state``) state dict."""
-    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
-
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{what} does not hold a state dict (found {type(state).__name__})")
-    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
-    consume_prefix_in_state_dict_if_present(tensors, "module.")  # DistributedDataParallel's wrapper
-    return tensors
 
 
 def load_resnet_weights(
@@ -154,8 +70,7 @@ def load_resnet_weights(
     if isinstance(source, (str, os.PathLike)):
         state = read_state_dict(source)
     else:
-        state = _unwrap_state_dict(source, "the given source")
-    from .transfer import transfer_state
+        state = unwrap_state_dict(source, "the given source")
 
     exclude = {f"{name}.": "inside an attention (BoT) block"
                for name, module in model.named_modules() if isinstance(module, BoTBlock)}
