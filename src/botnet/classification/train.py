@@ -189,7 +189,6 @@ class ClassificationTrainer(Trainer):
                 self.data.train, config.batch_size, config.workers, drop_last=True, pin_memory=pin,
                 generator=self.loader_generator,
             )
-            self.data.val.check_workers(0)
             self.steps_per_epoch = len(self.train_loader)
             self.val_loader = DataLoader(self.data.val, batch_size=max(config.batch_size, 128),
                                          num_workers=config.workers, pin_memory=pin)
