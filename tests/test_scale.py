@@ -230,6 +230,12 @@ def test_shards_train_kill_resume_exactly_and_evaluate(shards: Path, tmp_path: P
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     payload = json.loads(evaluated.stdout)
     assert payload["images"] == 6 and payload["top1"] == pytest.approx(_metrics(straight)[-1]["val_acc"])
+    pattern = subprocess.run(_botnet("eval", "--checkpoint", str(straight / "last.safetensors"), "--dataset", "wds",
+                                     "--data-dir", str(shards / "val-{000000..000001}.tar"), "--json"),
+                             capture_output=True, text=True, env=_env(), timeout=300)
+    assert pattern.returncode == 0, pattern.stderr[-2000:]
+    assert {k: json.loads(pattern.stdout)[k] for k in ("images", "top1", "loss")} == \
+        {k: payload[k] for k in ("images", "top1", "loss")}  # a shard pattern reads the same images
 
 
 def test_shards_under_two_processes_take_equal_steps_and_gather_bad_files(shards: Path, tmp_path: Path) -> None:

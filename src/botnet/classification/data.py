@@ -642,7 +642,8 @@ def _load_shards(
         train=train, val=val, class_names=list(classes), in_chans=in_chans, img_size=img_size, mean=mean, std=std,
         info={"dataset": "wds", "data_dir": data_dir, "split": "train and val shards",
               "train_size": train.epoch_size if not evaluation else train_spec.count, "val_size": val_spec.count,
-              "train_shards": len(train_spec.urls), "val_shards": len(val_spec.urls)},
+              "train_shards": len(train_spec.urls), "val_shards": len(val_spec.urls),
+              "class_names_from": "index.json" if train_spec.classes is not None else "--num-classes"},
     )
 
 

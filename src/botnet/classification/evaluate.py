@@ -150,11 +150,17 @@ def evaluate_checkpoint(
     how = meta.get("split", {}) if dataset == meta.get("dataset") else {}
     size = tuple(meta["img_size"]) if img_size is None else img_size
     tta = bool(meta.get("tta_flip", False)) if tta_flip is None else tta_flip
+    # Shards given as a pattern (no index.json): that pattern is the split to read, the classes the model's.
+    pattern = dataset == "wds" and data_dir is not None and not Path(data_dir).is_dir() \
+        and Path(data_dir).name != "index.json"
+    shards = {"val_data_dir": data_dir, "num_classes": len(meta["class_names"])} if pattern else {}
     data = build_data(
         dataset, data_dir, size, aug="none", in_chans=model.in_chans,
         norm=(meta["mean"], meta["std"]), seed=how.get("seed", 0), val_fraction=how.get("val_fraction", 0.2),
-        workers=workers, evaluation=True,
+        workers=workers, evaluation=True, **shards,
     )
+    if pattern:
+        data.class_names = list(meta["class_names"])
     if data.class_names != list(meta["class_names"]):
         raise ValueError(f"the model was trained on classes {meta['class_names']} but {dataset} has {data.class_names}")
     images = data.val if split == "val" else data.train  # aug="none": no augmentation on either
