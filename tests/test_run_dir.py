@@ -14,19 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import subprocess_env as _env
 
 from botnet.checkpoint import load_model
-from botnet.runtime.store import (MANIFEST, committed_path, load_checkpoint, read_manifest, read_safetensors,
-                                  recover_file_set, write_file_set)
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
-    env["OMP_NUM_THREADS"] = "1"  # same thread count in every process: bit-identical CPU results
-    return env
+from botnet.runtime.store import (
+    MANIFEST,
+    committed_path,
+    load_checkpoint,
+    read_manifest,
+    read_safetensors,
+    recover_file_set,
+    write_file_set,
+)
 
 
 def _text(value: str):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import subprocess_env as _env
 
 import botnet
 from botnet.cli import main
@@ -39,25 +40,12 @@ from botnet.runtime.store import (
     write_safetensors,
 )
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 # The fastest real run: digits at 8x8, botnet_mini, ~1-2 s per epoch on one thread.
 RECIPE = ["--img-size", "8", "--batch-size", "128", "--no-progress"]
 KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
-    env["OMP_NUM_THREADS"] = "1"  # same thread count in every process: bit-identical CPU results
-    return env
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _botnet(*argv: str) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import subprocess_env as _env
 from PIL import Image
 
 from botnet.checkpoint import load_model
@@ -23,17 +24,8 @@ from botnet.classification.data import EpochSampler, build_data, scan_data
 from botnet.training.config import load_config_file
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "src"
 CONFIGS = ROOT / "configs"
 DETERMINISTIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
-    env["OMP_NUM_THREADS"] = "1"  # same thread count in every process: bit-identical CPU results
-    env.update(extra)
-    return env
 
 
 def _botnet(*args: str) -> list[str]:

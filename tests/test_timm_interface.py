@@ -25,14 +25,7 @@ MODELS = botnet.list_models()
 _CACHE: dict[str, botnet.BoTNet] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are tiny: with several threads, synchronisation costs more than the
-    # work (5x slower on a busy 2-core machine). Restored for the other test modules.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_for(name: str) -> botnet.BoTNet:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import subprocess_env as _env
 
 from botnet.checkpoint import load_model
 from botnet.classification.data import FASHION_MNIST_CLASSES, build_data, read_idx
@@ -28,18 +28,10 @@ from botnet.models import create_model
 from botnet.runtime.store import load_checkpoint
 from botnet.training.optim import param_groups, warmup_cosine
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 DETERMINISTIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "raw_val_acc")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and on a shared CPU
-    OpenMP threads that spin-wait for each other slow them down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_idx(path: Path, array: np.ndarray, type_code: int) -> None:
@@ -72,13 +64,6 @@ def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", _pattern_images(labels, rng), 0x08)
         _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8), 0x08)
     return root
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
-    env["OMP_NUM_THREADS"] = "1"  # same thread count in every process: bit-identical CPU results
-    return env
 
 
 def _metrics(run_dir: Path) -> list[dict]:

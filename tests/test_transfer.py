@@ -30,12 +30,7 @@ from botnet.training.optim import create_optimizer, stage_ids
 TABLES = ("rel_h", "rel_w", "abs_h", "abs_w")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomised(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
