@@ -26,9 +26,13 @@ from pathlib import Path
 
 from .images import IMAGE_SUFFIXES
 
-__all__ = ["NothingToRead", "image_inputs", "is_hidden", "visible_dirs", "walk_images"]
+__all__ = ["VAL_DIRS", "NothingToRead", "image_folder", "image_inputs", "is_hidden", "train_val_folders", "visible_dirs",
+           "walk_images"]
 
 Input = tuple[str, str | None]  # (a file to read, None) or (an input that names none, why)
+Samples = list[tuple[str, int]]  # (path, label), ImageFolder's order
+# Where the validation split of ROOT/train/<class>/* is looked for, in this order.
+VAL_DIRS = ("val", "validation", "test")
 
 
 class NothingToRead(FileNotFoundError):
@@ -63,6 +67,56 @@ def walk_images(root: str | os.PathLike[str], suffixes: Iterable[str] = IMAGE_SU
         files += [Path(current) / name for name in sorted(names)
                   if not is_hidden(name) and name.lower().endswith(ends)]
     return files
+
+
+def image_folder(root: str | os.PathLike[str]) -> tuple[list[str], Samples]:
+    """Classes and (path, label) samples of an ImageFolder tree ``root/<class>/...``, hidden entries left out.
+
+    torchvision's ImageFolder lists the same samples in the same order
+    (its extensions, a sorted walk), except that it takes ``.thumbnails/`` for
+    a class and ``.cache/x.jpg`` or ``._x.jpg`` for samples. ``--dataset
+    folder`` and ``botnet data pack`` both list through here, so a packed set
+    holds exactly the samples the folder trains on.
+
+    Raises:
+        FileNotFoundError: no class sub-directory, or a class without an image file.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = Path(root)
+    classes = visible_dirs(root)
+    if not classes:
+        raise FileNotFoundError(f"image folder {str(root)!r} has no class sub-directory (hidden ones do not count; "
+                                "expected one sub-directory per class holding images)")
+    samples: Samples = []
+    for label, name in enumerate(classes):
+        files = walk_images(root / name, IMG_EXTENSIONS)
+        if not files:
+            raise FileNotFoundError(f"image folder {str(root)!r}: class directory {name!r} holds no image file "
+                                    f"({', '.join(IMG_EXTENSIONS)}; hidden entries do not count)")
+        samples += [(str(path), label) for path in files]
+    return classes, samples
+
+
+def train_val_folders(root: str | os.PathLike[str]) -> tuple[list[str], Samples, Path | None, Samples | None]:
+    """``root/train`` and its validation twin (the first of :data:`VAL_DIRS` present), listed by
+    :func:`image_folder`: (classes, train samples, val directory or None, val samples or None).
+
+    Raises:
+        ValueError: the two splits have different class directories (labels would not match).
+    """
+    root = Path(root)
+    classes, train = image_folder(root / "train")
+    val_dir = next((root / name for name in VAL_DIRS if (root / name).is_dir()), None)
+    if val_dir is None:
+        return classes, train, None, None
+    val_classes, val = image_folder(val_dir)
+    if val_classes != classes:
+        only_train = sorted(set(classes) - set(val_classes))[:3]
+        only_val = sorted(set(val_classes) - set(classes))[:3]
+        raise ValueError(f"class directories differ between {str(root / 'train')!r} and {str(val_dir)!r} "
+                         f"(only in train: {only_train}, only in {val_dir.name}: {only_val}); labels would not match")
+    return classes, train, val_dir, val
 
 
 def _expand(item: str) -> tuple[list[str], str | None]:

@@ -25,7 +25,7 @@ from typing import Any
 from ..runtime.distributed import DistInfo, all_gather_objects
 from ..runtime.store import atomic_write
 
-__all__ = ["BAD_IMAGES_FILE", "BadImageLog"]
+__all__ = ["BAD_IMAGES_FILE", "BadImageLog", "append_record"]
 
 BAD_IMAGES_FILE = "bad_images.jsonl"
 
@@ -82,15 +82,17 @@ class BadImageLog:
         return len(new)
 
 
+def append_record(log: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Append an unreadable sample's record (``path``, ``label``, ``reason``, ...) to ``log`` as one JSON line.
+
+    One short append (O_APPEND) per line: the loader workers of a process share the file and each line
+    arrives whole.
+    """
+    with open(log, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
 def _records(text: str) -> list[dict[str, Any]]:
-    """The records of a log's JSON lines, each with a ``path`` (a shard sample's is ``SHARD:KEY``)."""
-    records = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        if "path" not in record:  # from a ShardDataset: key and shard
-            record = {"path": f"{record['shard']}:{record['key']}", "label": record["label"],
-                      "reason": record["reason"]}
-        records.append(record)
-    return records
+    """The records of a log's JSON lines: ``path`` (a shard sample's is ``SHARD:KEY``), ``label``, ``reason``."""
+    return [{key: record[key] for key in ("path", "label", "reason")}
+            for record in map(json.loads, filter(str.strip, text.splitlines()))]

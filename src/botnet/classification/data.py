@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import gzip
 import itertools
-import json
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -43,8 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..image_files import visible_dirs, walk_images
+from ..image_files import image_folder, train_val_folders
 from ..images import IMAGENET_MEAN, IMAGENET_STD, find_unreadable, read_image
+from .bad_images import append_record
 
 __all__ = [
     "DATASETS",
@@ -448,9 +448,7 @@ class _Samples(Dataset):
 
     def _record(self, path: str, label: int, reason: str) -> None:
         if self.skip_log is not None:
-            line = json.dumps({"path": path, "label": label, "reason": reason})
-            with open(self.skip_log, "a") as handle:  # one short append: whole lines from every worker
-                handle.write(line + "\n")
+            append_record(self.skip_log, {"path": path, "label": label, "reason": reason})
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         from torchvision import tv_tensors
@@ -476,30 +474,6 @@ class _Samples(Dataset):
                 self._record(self.samples[other][0], self.samples[other][1], str(err))
         raise ValueError(f"no readable image among the {min(count, _MAX_REPLACEMENT_TRIES + 1)} files from "
                          f"{self.samples[index][0]!r} on; is the dataset damaged?")
-
-
-def _folder_samples(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Classes and (path, label) samples of an ImageFolder tree, hidden entries left out at every depth.
-
-    torchvision's ImageFolder lists the same samples in the same order
-    (extensions, a sorted walk), except that it takes ``.thumbnails/`` for a
-    class and ``.cache/x.jpg`` or ``._x.jpg`` for samples (see
-    :mod:`botnet.image_files`).
-    """
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    classes = visible_dirs(root)
-    if not classes:
-        raise FileNotFoundError(f"image folder {str(root)!r} has no class sub-directory (hidden ones do not count; "
-                                "expected one sub-directory per class holding images)")
-    samples: list[tuple[str, int]] = []
-    for label, name in enumerate(classes):
-        files = walk_images(root / name, IMG_EXTENSIONS)
-        if not files:
-            raise FileNotFoundError(f"image folder {str(root)!r}: class directory {name!r} holds no image file "
-                                    f"({', '.join(IMG_EXTENSIONS)}; hidden entries do not count)")
-        samples += [(str(path), label) for path in files]
-    return classes, samples
 
 
 def scan_data(data: ImageData, bad_images: str, workers: int = 0, rank: int = 0, world_size: int = 1,
@@ -543,6 +517,22 @@ def _split_indices(labels: Sequence[int], val_fraction: float, seed: int) -> tup
     return train_test_split(list(range(len(labels))), test_size=val_fraction, random_state=seed, stratify=stratify)
 
 
+def _file_transforms(
+    img_size: tuple[int, int], aug: str, in_chans: int, norm: tuple[Sequence[float], Sequence[float]] | None,
+    reprob: float,
+) -> tuple[tuple[float, ...], tuple[float, ...], Callable, Callable]:
+    """(mean, std, train transform, val transform) of image files of any size (folders and shards).
+
+    ``norm`` (mean, std) when given (a checkpoint's), else ImageNet's for RGB and 0.5 / 0.5 for grey.
+    """
+    if norm is not None:
+        mean, std = tuple(norm[0]), tuple(norm[1])
+    else:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
+    return (mean, std, build_transforms(True, mean, std, img_size, aug, True, from_files=True, reprob=reprob),
+            build_transforms(False, mean, std, img_size, aug, True, from_files=True))
+
+
 def _load_folder(
     data_dir: Path, img_size: tuple[int, int], aug: str, bad_images: str, val_fraction: float, seed: int,
     in_chans: int,
@@ -553,32 +543,20 @@ def _load_folder(
     if not data_dir.is_dir():
         raise FileNotFoundError(f"--data-dir {str(data_dir)!r} is not a directory (expected an ImageFolder layout)")
     if (data_dir / "train").is_dir():
-        classes, train_samples = _folder_samples(data_dir / "train")
-        val_dir = next((data_dir / d for d in ("val", "validation", "test") if (data_dir / d).is_dir()), None)
-        if val_dir is None:
+        classes, train_samples, val_dir, val_samples = train_val_folders(data_dir)
+        if val_dir is None or val_samples is None:
             raise FileNotFoundError(f"{str(data_dir)!r} has train/ but no val/ (or validation/, test/) directory")
-        val_classes, val_samples = _folder_samples(val_dir)
-        if val_classes != classes:
-            raise ValueError(
-                f"class directories differ between {str(data_dir / 'train')!r} {classes} and "
-                f"{str(val_dir)!r} {val_classes}; labels would not match"
-            )
         split = "train/ and val/ directories"
     else:
-        classes, samples = _folder_samples(data_dir)
+        classes, samples = image_folder(data_dir)
         train_idx, val_idx = _split_indices([label for _, label in samples], val_fraction, seed)
         train_samples = [samples[i] for i in sorted(train_idx)]
         val_samples = [samples[i] for i in sorted(val_idx)]
         split = f"random {1 - val_fraction:.0%}/{val_fraction:.0%} split, seed {seed}"
-    if norm is not None:
-        mean, std = tuple(norm[0]), tuple(norm[1])
-    else:
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
+    mean, std, train_transform, val_transform = _file_transforms(img_size, aug, in_chans, norm, reprob)
     return ImageData(
-        train=_Samples(train_samples, build_transforms(True, mean, std, img_size, aug, True, from_files=True,
-                                                       reprob=reprob), in_chans, bad_images),
-        val=_Samples(val_samples, build_transforms(False, mean, std, img_size, aug, True, from_files=True), in_chans,
-                     bad_images),
+        train=_Samples(train_samples, train_transform, in_chans, bad_images),
+        val=_Samples(val_samples, val_transform, in_chans, bad_images),
         class_names=classes,
         in_chans=in_chans,
         img_size=img_size,
@@ -627,23 +605,17 @@ def _load_shards(
     if not evaluation and epoch_size is None and train_spec.count is None:
         raise ValueError(f"--dataset wds from {data_dir!r} (no index.json gives the count) needs --epoch-size: the "
                          "number of training images per epoch, so that every rank takes the same number of steps")
-    if norm is not None:
-        mean, std = tuple(norm[0]), tuple(norm[1])
-    else:
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
+    mean, std, train_transform, val_transform = _file_transforms(img_size, aug, in_chans, norm, reprob)
     common = {"seed": seed, "rank": rank, "world_size": world_size, "bad_images": bad_images, "channels": in_chans,
               "classes": classes}
-    train = ShardDataset(train_spec, build_transforms(True, mean, std, img_size, aug, True, from_files=True,
-                                                      reprob=reprob), epoch_size=epoch_size, batch_size=batch_size,
+    train = ShardDataset(train_spec, train_transform, epoch_size=epoch_size, batch_size=batch_size,
                          once=evaluation, shuffle=0 if evaluation else 1000, **common)
-    val = ShardDataset(val_spec, build_transforms(False, mean, std, img_size, aug, True, from_files=True),
-                       once=True, shuffle=0, **common)
+    val = ShardDataset(val_spec, val_transform, once=True, shuffle=0, **common)
     return ImageData(
         train=train, val=val, class_names=list(classes), in_chans=in_chans, img_size=img_size, mean=mean, std=std,
         info={"dataset": "wds", "data_dir": data_dir, "split": "train and val shards",
               "train_size": train.epoch_size if not evaluation else train_spec.count, "val_size": val_spec.count,
-              "train_shards": len(train_spec.urls), "val_shards": len(val_spec.urls),
-              "class_names_from": "index.json" if train_spec.classes is not None else "--num-classes"},
+              "train_shards": len(train_spec.urls), "val_shards": len(val_spec.urls)},
     )
 
 

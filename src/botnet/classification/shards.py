@@ -45,8 +45,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from ..image_files import visible_dirs, walk_images
+from ..image_files import train_val_folders
 from ..images import decode_image
+from .bad_images import append_record
 
 __all__ = ["INDEX", "ShardDataset", "ShardSpec", "pack_folder", "shard_loader", "shard_spec"]
 
@@ -55,8 +56,6 @@ TIMM_INFO = "_info.json"  # the split description timm's webdataset reader (``wd
 FORMAT = "botnet-wds"
 VERSION = 1
 SPLITS = ("train", "val")
-# Where pack_folder finds the validation split (as botnet.classification.data._load_folder does).
-VAL_DIRS = ("val", "validation", "test")
 # Entry extensions read as the image of a sample (the first present wins).
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "pbm", "gif")
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -74,27 +73,6 @@ def _wds() -> Any:
 
 
 # --------------------------------------------------------------------------- packing
-
-
-def _class_files(class_dir: Path) -> list[Path]:
-    """Image files under ``class_dir``: ImageFolder's extensions and order, hidden entries skipped at every depth.
-
-    The listing ``--dataset folder`` trains on (:func:`botnet.image_files.walk_images`), so a packed set
-    holds exactly the folder's samples.
-    """
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return walk_images(class_dir, IMG_EXTENSIONS)
-
-
-def _split_samples(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
-    samples = []
-    for label, name in enumerate(classes):
-        files = _class_files(split_dir / name)
-        if not files:
-            raise FileNotFoundError(f"class directory {str(split_dir / name)!r} holds no image file")
-        samples += [(path, label) for path in files]
-    return samples
 
 
 def _image_ext(data: bytes, path: Path) -> str:
@@ -176,20 +154,9 @@ def pack_folder(
     if not (root / "train").is_dir():
         raise FileNotFoundError(f"{str(root)!r} has no train/ directory (expected ROOT/train/<class>/* and "
                                 "ROOT/val/<class>/*)")
-    classes = visible_dirs(root / "train")
-    if not classes:
-        raise FileNotFoundError(f"{str(root / 'train')!r} has no class sub-directory")
-    split_dirs = {"train": root / "train"}
-    val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
-    if val_dir is not None:
-        val_classes = visible_dirs(val_dir)
-        if val_classes != classes:
-            only_train = sorted(set(classes) - set(val_classes))[:3]
-            only_val = sorted(set(val_classes) - set(classes))[:3]
-            raise ValueError(f"class directories differ between {str(root / 'train')!r} and {str(val_dir)!r} "
-                             f"(only in train: {only_train}, only in {val_dir.name}: {only_val}); labels would not match")
-        split_dirs["val"] = val_dir
-    samples = {split: _split_samples(path, classes) for split, path in split_dirs.items()}
+    classes, train, _, val = train_val_folders(root)
+    samples = {split: [(Path(path), label) for path, label in listed]
+               for split, listed in (("train", train), ("val", val)) if listed is not None}
     _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in (INDEX, TIMM_INFO):  # no index while the shards change
@@ -659,9 +626,8 @@ class ShardDataset(IterableDataset):
     def _record(self, bad: BadSample) -> None:
         self.skipped.append((bad.key, bad.reason))
         if self.skip_log is not None:
-            line = json.dumps({"key": bad.key, "label": bad.label, "shard": bad.shard, "reason": bad.reason})
-            with open(self.skip_log, "a") as handle:  # one short append per line: whole lines from every worker
-                handle.write(line + "\n")
+            append_record(self.skip_log, {"path": f"{bad.shard}:{bad.key}", "key": bad.key, "label": bad.label,
+                                          "shard": bad.shard, "reason": bad.reason})
 
     def _decode(self, samples: Iterable[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
         """Decode, check and transform each sample; undecodable ones go to the ``bad_images`` policy."""

@@ -175,7 +175,6 @@ class ClassificationTrainer(Trainer):
         if config.train_fraction < 1:
             self.data.train = train_subset(self.data.train, config.train_fraction, config.seed)
             self.data.info = self.data.info | {"train_fraction": config.train_fraction,
-                                               "train_images": len(self.data.train),
                                                "train_size": len(self.data.train)}
         if config.scan_images:  # each process decodes its share; every process drops every bad file
             scan_data(self.data, config.bad_images, config.workers, info.rank, info.world_size,
@@ -189,39 +188,32 @@ class ClassificationTrainer(Trainer):
                 self.data.train, config.batch_size, config.workers, drop_last=True, pin_memory=pin,
                 generator=self.loader_generator,
             )
-            self.steps_per_epoch = len(self.train_loader)
-            self.val_loader = DataLoader(self.data.val, batch_size=max(config.batch_size, 128),
-                                         num_workers=config.workers, pin_memory=pin)
-            self._build_model()
-            return
-        # One sampler code path for 1 or N processes: the order is a function of (seed, epoch) only,
-        # so a 2-process run sees the same global batches as a 1-process run with twice the batch.
-        self.sampler = EpochSampler(self.data.train, info.world_size, info.rank, config.seed, config.epoch_size)
-        if self.data.batch_augment is not None:  # in memory: whole batches, augmented with tensor ops
-            self.train_loader = BatchedLoader(
-                self.data.train, self.sampler, config.batch_size, self.data.batch_augment, self.data.mean,
-                self.data.std, self.loader_generator,
-            )
+            val_shard: Any = self.data.val  # read once over all ranks and workers: no duplicates
         else:
-            self.train_loader = DataLoader(
-                self.data.train, batch_size=config.batch_size, sampler=self.sampler, num_workers=config.workers,
-                drop_last=True, pin_memory=pin, generator=self.loader_generator,
-            )
-        if len(self.train_loader) == 0:
-            raise ValueError(
-                f"batch size {config.batch_size} x {info.world_size} process(es) is larger than the training "
-                f"epoch ({len(self.sampler)} images per process); lower --batch-size or raise --epoch-size"
-            )
+            # One sampler code path for 1 or N processes: the order is a function of (seed, epoch) only,
+            # so a 2-process run sees the same global batches as a 1-process run with twice the batch.
+            self.sampler = EpochSampler(self.data.train, info.world_size, info.rank, config.seed, config.epoch_size)
+            if self.data.batch_augment is not None:  # in memory: whole batches, augmented with tensor ops
+                self.train_loader = BatchedLoader(
+                    self.data.train, self.sampler, config.batch_size, self.data.batch_augment, self.data.mean,
+                    self.data.std, self.loader_generator,
+                )
+            else:
+                self.train_loader = DataLoader(
+                    self.data.train, batch_size=config.batch_size, sampler=self.sampler, num_workers=config.workers,
+                    drop_last=True, pin_memory=pin, generator=self.loader_generator,
+                )
+            if len(self.train_loader) == 0:
+                raise ValueError(
+                    f"batch size {config.batch_size} x {info.world_size} process(es) is larger than the training "
+                    f"epoch ({len(self.sampler)} images per process); lower --batch-size or raise --epoch-size"
+                )
+            val_shard = Subset(self.data.val, range(info.rank, len(self.data.val), info.world_size))  # no duplicates
         self.steps_per_epoch = len(self.train_loader)
-        val_shard = Subset(self.data.val, range(info.rank, len(self.data.val), info.world_size))  # no duplicates
         self.val_loader = DataLoader(
             val_shard, batch_size=max(config.batch_size, 128), shuffle=False, num_workers=config.workers,
             pin_memory=pin,
         )
-        self._build_model()
-
-    def _build_model(self) -> None:
-        config, info = self.config, self.dist
         model = create_model(
             config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans, drop_rate=config.drop_rate,
             **config.model_kwargs,

@@ -132,7 +132,6 @@ class Trainer:
         self.config = config
         self.resuming = checkpoint is not None  # then the initial weights are not read again
         if checkpoint is not None:
-            self.run = resume_run
             self.saved_epochs = int(checkpoint["config"].get("epochs", config.epochs))
             if int(checkpoint["epoch"]) >= config.epochs:  # nothing left to train: see fit()
                 check_free(resume_run.path)  # unless another process is extending it right now
@@ -396,9 +395,7 @@ class Trainer:
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.start_epoch = int(checkpoint["epoch"])
-        self.history = list(checkpoint["history"])
-        self.best_score = float(checkpoint.get("best_score", checkpoint.get("best_acc", -float("inf"))))
-        self.best_epoch = int(checkpoint["best_epoch"])
+        self._restore_progress(checkpoint)
         self.initial_weights = checkpoint.get("initial_weights")
         states = checkpoint["rng"]
         if self.dist.rank >= len(states) or len(states) != self.dist.world_size:
@@ -407,6 +404,12 @@ class Trainer:
                 f"(this run has {self.dist.world_size})"
             )
         self.restored_rng = states[self.dist.rank]
+
+    def _restore_progress(self, checkpoint: dict[str, Any]) -> None:
+        """The metric history and the best epoch and score recorded in ``checkpoint``."""
+        self.history = list(checkpoint["history"])
+        self.best_score = float(checkpoint.get("best_score", checkpoint.get("best_acc", -float("inf"))))
+        self.best_epoch = int(checkpoint["best_epoch"])
 
     def _checkpoint(self, epoch: int, meta: dict[str, Any], rng: list[Any]) -> dict[str, Any]:
         return {
@@ -476,9 +479,7 @@ class Trainer:
 
     def _complete(self) -> dict[str, Any]:
         checkpoint = self.checkpoint
-        self.history = list(checkpoint["history"])
-        self.best_score = float(checkpoint.get("best_score", checkpoint.get("best_acc", -float("inf"))))
-        self.best_epoch = int(checkpoint["best_epoch"])
+        self._restore_progress(checkpoint)
         elapsed = self.history[-1]["elapsed_seconds"] if self.history else 0.0
         summary = self._summary(elapsed)
         summary["epochs"] = int(checkpoint["epoch"])
