@@ -200,9 +200,12 @@ def _type_check(kind: Any) -> Check | None:
 
 
 def _trainable_layers(value: Any) -> int:
+    from ..models.freeze import MAX_TRAINABLE_LAYERS
+
     number = nonneg_int(value)
-    if number > 5:
-        raise ValueError(f"must be in 0..5 (stages trained, from layer4 back to the stem), got {value!r}")
+    if number > MAX_TRAINABLE_LAYERS:
+        raise ValueError(f"must be in 0..{MAX_TRAINABLE_LAYERS} (stages trained, from layer4 back to the stem), "
+                         f"got {value!r}")
     return number
 
 
