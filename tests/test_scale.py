@@ -248,6 +248,7 @@ def test_shards_under_two_processes_take_equal_steps_and_gather_bad_files(shards
     ("truncated tar", "truncated or changed"),
     ("classes disagree", "index and the shards disagree"),
     ("pattern without epoch size", "needs --epoch-size"),
+    ("mistyped directory", "no such directory"),
 ])
 def test_damaged_shards_are_one_line_errors(shards: Path, tmp_path: Path, damage: str, expected: str) -> None:
     extra: list[str] = []
@@ -262,6 +263,8 @@ def test_damaged_shards_are_one_line_errors(shards: Path, tmp_path: Path, damage
         index["classes"] = index["classes"][:1]
         (shards / "index.json").write_text(json.dumps(index))
         extra = ["--workers", "1"]  # raised in a loader worker: still one line
+    elif damage == "mistyped directory":
+        data_dir = str(shards) + "-typo"
     else:
         data_dir = str(shards / "train-{000000..000004}.tar")
         extra = ["--num-classes", "3", "--val-data-dir", str(shards / "val-{000000..000001}.tar")]

@@ -577,6 +577,9 @@ def _shard_sources(data_dir: str, val_data_dir: str | None) -> tuple[Any, Any]:
     ``index.json``) for both, or two shard patterns (``--data-dir`` and ``--val-data-dir``)."""
     if os.path.isdir(data_dir) or os.path.basename(data_dir) == "index.json":
         return data_dir, val_data_dir or data_dir
+    if not any(mark in data_dir for mark in ("{", ":", ".tar")):  # neither a directory nor a shard pattern
+        raise FileNotFoundError(f"--data-dir {data_dir!r}: no such directory (expected a `botnet data pack` "
+                                "directory or a pattern of .tar shards)")
     if val_data_dir is None:
         raise ValueError(f"--data-dir {data_dir!r} is not a `botnet data pack` directory; as a pattern of training "
                          "shards (e.g. '/data/train-{000000..001281}.tar' or 'pipe:aws s3 cp s3://bucket/"
