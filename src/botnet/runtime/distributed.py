@@ -39,8 +39,15 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes: nccl on CUDA, gloo on CPU."""
+def init_distributed(device_type: str, timeout: float | None = None) -> DistInfo:
+    """Join the process group torchrun describes: nccl on CUDA, gloo on CPU.
+
+    ``timeout``: seconds that joining the group and every collective may wait
+    for the other ranks before failing (None: torch's default, 30 minutes).
+    A failure ends the process, and under ``torchrun --max-restarts`` the
+    group is started again: so a rank that cannot connect, or a peer that
+    hangs, costs ``timeout`` instead of half an hour.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
@@ -51,7 +58,18 @@ def init_distributed(device_type: str) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        from datetime import timedelta
+
+        limit = {} if timeout is None else {"timeout": timedelta(seconds=timeout)}
+        # torchrun's rendezvous store (env://). Under an elastic restart the agent serves the same store
+        # to every attempt, and the keys the process group exchanges its addresses under carry no attempt:
+        # a rank of attempt N could read its peer's address of attempt N-1 and wait on a closed port
+        # (seen: "Gloo connectFullMesh failed ... Connection refused", or a hang in connect). So the group
+        # joins under a prefix of its own attempt.
+        store, rank, world = next(dist.rendezvous("env://", **limit))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"botnet/attempt_{attempt}", store),
+                                rank=rank, world_size=world, **limit)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 
 

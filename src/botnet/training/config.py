@@ -248,6 +248,10 @@ class RunConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     out: str | None = setting(None, "run directory (default runs/TASK-MODEL-TIME)")
     progress: bool = setting(True, "progress bar (off: --no-progress)")
+    dist_timeout: float | None = setting(None, "under torchrun: seconds that joining the process group and each "
+                                         "collective may wait for the other ranks before the process fails (and "
+                                         "torchrun --max-restarts starts the group again); default torch's 1800",
+                                         positive_float)
     # Starting from weights (docs/TRAINING.md, "Fine-tuning"); read once, never again on --resume.
     weights_backbone: str | None = setting(
         None, "start the backbone from FILE: a ResNet-50 state dict (torchvision or timm .pth / .safetensors: the "
@@ -263,7 +267,7 @@ class RunConfig:
         group="fine-tuning")
 
     # Settings that may change when resuming; anything else must stay as the run began.
-    RESUMABLE: typing.ClassVar[tuple[str, ...]] = ("epochs", "workers", "device", "progress")
+    RESUMABLE: typing.ClassVar[tuple[str, ...]] = ("epochs", "workers", "device", "progress", "dist_timeout")
 
     def validate(self) -> None:
         """Check every field (ValueError naming the option) and normalise (``clip_grad`` 0 -> None)."""

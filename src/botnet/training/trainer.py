@@ -141,7 +141,7 @@ class Trainer:
         self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         if config.out is not None:
             check_out_dir(config.out)  # before the process group, data or model: a typo costs nothing
-        self.dist: DistInfo = init_distributed(self.device.type)
+        self.dist: DistInfo = init_distributed(self.device.type, config.dist_timeout)
         try:
             self._set_up(checkpoint, resume_run)
         except BaseException:
