@@ -78,8 +78,18 @@ def _print_csv(payload: dict[str, Any], topk: int) -> None:
 
 
 def _table(payload: dict[str, Any], args: argparse.Namespace) -> Any:
+    """The predictions as a table. Image paths are shown relative to the folder all of them share (named in
+    the caption), so a narrow terminal shortens the folder, never the file names."""
+    import os
+
     from rich.markup import escape
     from rich.table import Table
+
+    images = [result["image"] for result in payload["predictions"]]
+    base = os.path.commonpath([os.path.dirname(os.path.abspath(image)) for image in images])
+
+    def shown(image: str) -> str:
+        return escape(os.path.relpath(os.path.abspath(image), base))
 
     table = Table(title=f"{payload['model']} ({args.checkpoint}): top-{min(args.topk, payload['num_classes'])}")
     table.add_column("image")
@@ -88,12 +98,14 @@ def _table(payload: dict[str, Any], args: argparse.Namespace) -> Any:
     table.add_column("probability", justify="right")
     for result in payload["predictions"]:
         if result["error"]:
-            table.add_row(escape(result["image"]), "-", escape(f"not read: {result['error']}"), "-", style="red")
+            table.add_row(shown(result["image"]), "-", escape(f"not read: {result['error']}"), "-", style="red")
         for entry in result["top"]:
             first = entry["rank"] == 1
-            table.add_row(escape(result["image"]) if first else "", str(entry["rank"]), escape(entry["label"]),
+            table.add_row(shown(result["image"]) if first else "", str(entry["rank"]), escape(entry["label"]),
                           f"{entry['probability']:.4f}", style=None if first else "dim")
         table.add_section()
+    captions = [f"images in {escape(base)}"]
     if payload["defaults_used"]:
-        table.caption = f"not in the checkpoint, defaults used: {', '.join(payload['defaults_used'])}"
+        captions.append(f"not in the checkpoint, defaults used: {', '.join(payload['defaults_used'])}")
+    table.caption = "; ".join(captions)
     return table
