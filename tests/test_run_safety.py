@@ -641,6 +641,49 @@ def test_a_signal_while_writing_leaves_the_previous_version_and_no_temporary_fil
     assert not _temporaries(tmp_path)
 
 
+class _SignalledWhileCollected:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs in __del__, whose exceptions Python swallows
+
+
+_SIGNAL_AFTER_FORK: list[bool] = []
+
+
+def _signal_after_fork() -> None:
+    if _SIGNAL_AFTER_FORK:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+os.register_at_fork(after_in_parent=_signal_after_fork)  # as logging's lock release, a DataLoader worker's fork
+
+
+def _collected() -> None:
+    _SignalledWhileCollected()
+
+
+def _forked() -> None:
+    _SIGNAL_AFTER_FORK.append(True)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+    finally:
+        _SIGNAL_AFTER_FORK.clear()
+    os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("where", [_collected, _forked], ids=["in a __del__", "in an at-fork callback"])
+def test_a_stop_that_python_swallows_is_delivered_again(where, handlers):
+    """The stop raised where Python cannot propagate it (reported to sys.unraisablehook) still stops: the CI
+    once saw a Ctrl-C arrive as a DataLoader worker was forked, and the run trained on to the end."""
+    with pytest.raises(interrupts.Interrupted) as stop:
+        where()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the redelivered signal is raised in this loop
+            time.sleep(0.01)
+    assert stop.value.signum == signal.SIGINT and stop.value.message is None
+
+
 def test_a_signal_while_the_lock_is_taken_leaves_it_releasable(handlers, tmp_path, monkeypatch):
     import fcntl
 

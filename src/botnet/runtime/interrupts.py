@@ -30,10 +30,12 @@ defaults; :func:`deferred` then does nothing.
 
 from __future__ import annotations
 
+import _thread
 import itertools
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -66,6 +68,7 @@ class _State:
     repeats = 0
     defer_depth = 0
     pending: int | None = None
+    in_hook = False  # running _unraisable
     previous_hook: Any = None
 
 
@@ -127,6 +130,9 @@ def _raise(signum: int, frame: FrameType | None) -> None:
         if _State.repeats >= 2:
             os._exit(exit_code(_State.received))
         return
+    if _State.in_hook:  # inside _unraisable, which would swallow it too: once more, from outside
+        _redeliver(signum)
+        return
     _State.received = signum
     if _State.defer_depth:
         _State.pending = signum
@@ -134,13 +140,47 @@ def _raise(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def _redeliver(signum: int) -> None:
+    """Send ``signum`` to this process again, from another thread, as if it arrived now.
+
+    From a thread because ``os.kill`` on the main thread runs the handler at once, inside the caller
+    (Python's unraisable hook, which would swallow it again); sent from elsewhere, the main thread runs
+    the handler at its next bytecode, in code that propagates what it raises. ``_thread``, not
+    ``threading``: ``Thread.start`` waits for the thread in Python code, where the handler could run.
+    """
+    _State.received = None  # the same stop, not a second signal (_raise counts those)
+    _thread.start_new_thread(_kill_soon, (os.getpid(), signum))
+
+
+def _kill_soon(pid: int, signum: int) -> None:
+    time.sleep(0.01)  # the main thread leaves the hook first (it holds the GIL meanwhile in any case)
+    os.kill(pid, signum)
+
+
 def _unraisable(report: Any) -> None:
-    """After a stop signal, drop "Exception ignored in ... __del__" reports: they are the clean-up's noise
-    (a DataLoader that finds its workers ended by the same SIGTERM: torch's workers install their own C
-    handler for it), not a failure to report. Before a signal, Python's hook as usual."""
-    if _State.received is not None and os.getpid() == _State.owner:
+    """Where Python swallows what a handler raises, deliver the stop again; after a stop, drop the noise.
+
+    Python runs a signal's handler at the next bytecode of the main thread, which may be inside code
+    whose exceptions it cannot propagate and reports here instead: a ``__del__``, a weakref callback,
+    an ``os.register_at_fork`` callback (``logging`` registers one, which runs right after each
+    DataLoader worker is forked). An :class:`Interrupted` lost there would let the command run on as
+    if no signal came (seen: a Ctrl-C at the start of an epoch, and training went on to the end), so
+    it is delivered again (:func:`_redeliver`). Other reports after a stop signal are the clean-up's
+    noise (a DataLoader that finds its workers ended by the same SIGTERM: torch's workers install their
+    own C handler for it), not a failure to report. Before a signal, Python's hook as usual.
+    """
+    if os.getpid() != _State.owner:
+        (_State.previous_hook or sys.__unraisablehook__)(report)
         return
-    (_State.previous_hook or sys.__unraisablehook__)(report)
+    _State.in_hook = True
+    try:
+        stop = getattr(report, "exc_value", None)
+        if isinstance(stop, Interrupted) and stop.message is None and _State.received == stop.signum:
+            _redeliver(stop.signum)
+        elif _State.received is None:
+            (_State.previous_hook or sys.__unraisablehook__)(report)
+    finally:
+        _State.in_hook = False
 
 
 def install() -> None:
