@@ -1,8 +1,9 @@
-"""Shared test set-up: a fixed seed for every test, one torch thread where a module asks, and the environment
-of the `botnet` subprocesses that tests start."""
+"""Shared test set-up: a fixed seed for every test, one torch thread where a module asks, the environment
+of the `botnet` subprocesses that tests start, and the check that a run directory describes one epoch."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -38,3 +39,32 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env.update(extra)
     return env
+
+
+def run_metrics(run: Path) -> list[dict]:
+    """``run``'s metrics.jsonl records, as readers see them (the committed file, also after a kill)."""
+    from botnet.runtime.store import committed_path
+
+    return [json.loads(line) for line in committed_path(run / "metrics.jsonl").read_text().splitlines()]
+
+
+def committed_epoch(run: Path) -> int | None:
+    """Assert that every reader sees one epoch: last.pt, last.safetensors, metrics.jsonl and the manifest; best.*
+    as last.pt and the manifest say. Returns that epoch (None: nothing was committed)."""
+    from botnet.runtime.store import load_checkpoint, read_manifest, read_safetensors
+
+    manifest = read_manifest(run)
+    if manifest is None:
+        assert not (run / "last.pt").exists()
+        return None
+    epoch = manifest["epoch"]
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == epoch
+    assert [r["epoch"] for r in run_metrics(run)] == list(range(1, epoch + 1))
+    weights, _ = read_safetensors(run / "last.safetensors")
+    assert all(torch.equal(weights[k], v) for k, v in last["model"].items())
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == last["best_epoch"] == manifest["files"]["best.pt"]["epoch"]
+    best_weights, _ = read_safetensors(run / "best.safetensors")
+    assert all(torch.equal(best_weights[k], v) for k, v in best["model"].items())
+    return epoch

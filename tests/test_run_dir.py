@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import committed_epoch, run_metrics
 from conftest import subprocess_env as _env
 
 from botnet.checkpoint import load_model
@@ -89,34 +89,11 @@ TRAIN = [sys.executable, "-m", "botnet", "train", "--img-size", "8", "--batch-si
          "--ema", "--ema-decay", "0.9"]
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in committed_path(run / "metrics.jsonl").read_text().splitlines()]
-
-
 KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "raw_val_acc")
 
 
 def _deterministic(records: list[dict]) -> list[dict]:
     return [{k: r.get(k) for k in KEYS} for r in records]
-
-
-def _check_consistent(run: Path) -> int | None:
-    """Every reader sees one epoch: last.pt, last.safetensors, metrics.jsonl, manifest; best.* as last.pt says."""
-    manifest = read_manifest(run)
-    if manifest is None:
-        assert not (run / "last.pt").exists()
-        return None
-    epoch = manifest["epoch"]
-    last = load_checkpoint(run / "last.pt")
-    assert last["epoch"] == epoch
-    assert len(_metrics(run)) == epoch and [r["epoch"] for r in _metrics(run)] == list(range(1, epoch + 1))
-    weights, _ = read_safetensors(run / "last.safetensors")
-    assert all(torch.equal(weights[k], v) for k, v in last["model"].items())
-    best = load_checkpoint(run / "best.pt")
-    assert best["epoch"] == last["best_epoch"] == manifest["files"]["best.pt"]["epoch"]
-    best_weights, _ = read_safetensors(run / "best.safetensors")
-    assert all(torch.equal(best_weights[k], v) for k, v in best["model"].items())
-    return epoch
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +109,7 @@ def test_every_file_of_a_run_gets_the_same_mode(reference):
             "best.safetensors"} <= set(modes)
     assert len(set(modes.values())) == 1, modes
     assert not [name for name in modes if name.endswith(".tmp")]
-    assert _check_consistent(reference) == 5
+    assert committed_epoch(reference) == 5
 
 
 @pytest.mark.slow
@@ -155,12 +132,12 @@ def test_kills_at_random_moments_leave_consistent_runs_that_resume_exactly(refer
             process.send_signal(signal.SIGKILL)
             process.wait()
             kills += 1
-            _check_consistent(run)
+            committed_epoch(run)
             continue
         assert process.wait(timeout=300) == 0
         break
-    assert _check_consistent(run) == 5
-    assert _deterministic(_metrics(run)) == _deterministic(_metrics(reference))
+    assert committed_epoch(run) == 5
+    assert _deterministic(run_metrics(run)) == _deterministic(run_metrics(reference))
     resumed, _ = load_model(run / "last.safetensors")
     uninterrupted, _ = load_model(reference / "last.safetensors")
     for (name, a), b in zip(resumed.state_dict().items(), uninterrupted.state_dict().values()):
@@ -178,7 +155,7 @@ DETECT = [
 ]
 
 
-def test_a_killed_detection_run_resumes_to_the_same_metrics(tmp_path):
+def test_a_killed_detection_run_resumes_to_the_samerun_metrics(tmp_path):
     pytest.importorskip("pycocotools")
     from botnet.detection.data import make_synthetic_shapes
 
@@ -202,7 +179,7 @@ def test_a_killed_detection_run_resumes_to_the_same_metrics(tmp_path):
     subprocess.run([*DETECT[:5], "--resume", str(killed)], check=True, capture_output=True, env=_env())
 
     def records(run: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if "second" not in k} for r in _metrics(run)]
+        return [{k: v for k, v in r.items() if "second" not in k} for r in run_metrics(run)]
 
     assert records(killed) == records(reference)
     a, _ = read_safetensors(killed / "last.safetensors")

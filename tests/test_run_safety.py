@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import committed_epoch, run_metrics
 from conftest import subprocess_env as _env
 
 import botnet
@@ -67,30 +68,15 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def _temporaries(directory: Path) -> list[str]:
     return [p.name for p in directory.rglob("*") if p.name.endswith(".tmp")]
 
 
 def _consistent(run: Path) -> int | None:
-    """One run, no temporary file, no lock left; last.pt, last.safetensors, metrics.jsonl and the manifest
-    describe one epoch (returned; None if none was committed)."""
+    """No temporary file and no lock left, and one committed epoch (returned; None if none was committed)."""
     assert not _temporaries(run), _temporaries(run)
     assert not (run / LOCK_NAME).exists()
-    manifest = read_manifest(run)
-    if manifest is None:
-        assert not (run / "last.pt").exists()
-        return None
-    epoch = manifest["epoch"]
-    last = load_checkpoint(run / "last.pt")
-    assert last["epoch"] == epoch and [r["epoch"] for r in _metrics(run)] == list(range(1, epoch + 1))
-    weights, _ = read_safetensors(run / "last.safetensors")
-    assert all(torch.equal(weights[k], v) for k, v in last["model"].items())
-    assert load_checkpoint(run / "best.pt")["epoch"] == last["best_epoch"]
-    return epoch
+    return committed_epoch(run)
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +288,7 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(reference, tmp_path,
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    final = _metrics(run)[-1]["val_acc"]
+    final = run_metrics(run)[-1]["val_acc"]
     # The same directory spelled another way is not "elsewhere".
     assert _run(["train", "--resume", str(run), "--out", str(tmp_path / "." / "run") + "/", "--json"]) == 0
     captured = capsys.readouterr()
@@ -573,7 +559,7 @@ def test_a_signal_at_any_moment_is_one_line_and_resumes_exactly(case, reference,
     if not group:  # resume exactly to the uninterrupted run's metrics and weights
         subprocess.run(_botnet("train", "--resume", str(run)), check=True, capture_output=True, env=_env())
         assert _consistent(run) == 3
-        deterministic = [[{k: r[k] for k in KEYS} for r in _metrics(path)] for path in (run, reference)]
+        deterministic = [[{k: r[k] for k in KEYS} for r in run_metrics(path)] for path in (run, reference)]
         assert deterministic[0] == deterministic[1]
         a, _ = read_safetensors(run / "last.safetensors")
         b, _ = read_safetensors(reference / "last.safetensors")
