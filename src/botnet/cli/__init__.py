@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import pkgutil
 import re
 import signal
@@ -103,17 +102,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupted(args: argparse.Namespace, signum: int, text: str) -> int:
     from ..runtime import interrupts
+    from ..runtime.distributed import launched_as_main
 
     if not text.startswith("interrupted"):
         text = f"interrupted by {interrupts.signal_name(signum)}"
-    if _is_main_rank():  # under torchrun every rank gets the signal: the job says it once
+    if launched_as_main():  # under torchrun every rank gets the signal: the job says it once
         print(f"{_prog(args)}: {_one_line(text)}", file=sys.stderr)
     return interrupts.exit_code(signum)
-
-
-def _is_main_rank() -> bool:
-    """Whether this process prints a torchrun job's line (rank 0, or no torchrun)."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _prog(args: argparse.Namespace) -> str:

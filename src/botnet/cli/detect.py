@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +148,11 @@ def run_make_synthetic(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     _require_pycocotools()
     from ..detection.train import TrainConfig, train
+    from ..runtime.distributed import launched_as_main
     from ._options import config_overrides
 
     summary = train(resume=args.resume, **config_overrides(args, TrainConfig))
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 prints
+    if not launched_as_main():  # under torchrun, rank 0 prints
         return 0
     console = _console()
     final = summary["final"]

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo", "PeerFailed", "init_distributed", "all_reduce_sum", "all_gather_objects", "average_buffers", "broadcast_object",
-    "barrier", "cleanup", "unwrap",
+    "barrier", "cleanup", "launched_as_main", "unwrap",
 ]
 
 
@@ -37,6 +37,13 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of its torchrun job, or runs without torchrun: the one that prints
+    the job's lines. Read from torchrun's environment, so it holds before the process group is joined,
+    and where it never is (a command that fails or stops first)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def init_distributed(device_type: str, timeout: float | None = None) -> DistInfo:

@@ -62,7 +62,7 @@ from ..runtime.checks import check_out_dir
 from ..runtime.console import Progress, say
 from ..runtime.device import resolve_device
 from ..runtime.distributed import (DistInfo, PeerFailed, all_gather_objects, barrier, broadcast_object, cleanup,
-                                   init_distributed, unwrap)
+                                   init_distributed, launched_as_main, unwrap)
 from ..runtime import interrupts
 from ..runtime.interrupts import Interrupted, signal_name
 from ..runtime.lock import check_free
@@ -487,7 +487,7 @@ class Trainer:
         line = self._summary_line(summary).replace("[bold]done[/]", "[bold]already complete[/]", 1)
         done = int(checkpoint["epoch"])
         say(f"{line}; nothing to train (--epochs {self.config.epochs}, {done} done: give --epochs more than {done} "
-            "to train on)", int(os.environ.get("RANK", "0")) == 0)
+            "to train on)", launched_as_main())
         return summary
 
     def _fit(self) -> dict[str, Any]:
